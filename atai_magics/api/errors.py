@@ -1,0 +1,225 @@
+"""One exception hierarchy for everything the client can raise.
+
+::
+
+    AtaiError                  anything from atai_magics; renders itself in a few lines
+    ├── ConfigError            bad settings caught before sending: no key, key over plain HTTP,
+    │                          an unknown file type, a malformed base URL
+    ├── TransportError         the request did not get an answer (connect, timeout, protocol)
+    │   └── AmbiguousCreateError   a create may or may not have reached the server
+    └── ApiError               the API answered with an error status
+        ├── InvalidRequest     400, 413, 422
+        ├── AuthError          401, 403
+        ├── NotFound           404
+        ├── Conflict           409
+        ├── RateLimited        429 (``retry_after`` in seconds when the server said)
+        └── ServerError        5xx
+
+No message, ``repr`` or attribute of these errors ever contains the API key: the client
+scrubs it from every text it puts into one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "AmbiguousCreateError",
+    "ApiError",
+    "AtaiError",
+    "AuthError",
+    "ConfigError",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "RateLimited",
+    "ServerError",
+    "TransportError",
+    "error_for_response",
+]
+
+
+class AtaiError(Exception):
+    """Base of every atai_magics error."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows these lines instead of a traceback: the cell still fails."""
+        first, *rest = str(self).splitlines() or [""]
+        return [f"{type(self).__name__}: {first}", *(f"  {line}" for line in rest)]
+
+
+class ConfigError(AtaiError):
+    """A setting is wrong or missing; nothing was sent."""
+
+
+class TransportError(AtaiError):
+    """No HTTP answer arrived after the retries allowed (connection, timeout, protocol)."""
+
+
+class AmbiguousCreateError(TransportError):
+    """A create request failed in a way that leaves unknown whether the job exists."""
+
+
+class ApiError(AtaiError):
+    """The API answered with an error status.
+
+    ``code``, ``message``, ``suggestion`` and ``error_uid`` come from the first entry of the
+    ``errors`` envelope (all entries are in ``errors``); a legacy ``{"detail": ...}`` body
+    becomes ``message``.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        code: str | None = None,
+        suggestion: str | None = None,
+        error_uid: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.code = code
+        self.suggestion = suggestion
+        self.error_uid = error_uid
+        self.errors = errors or []
+        self.method = method
+        self.url = url
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        head = f"{self.status_code}"
+        if self.code:
+            head += f" {self.code}"
+        text = f"{head}: {self.message}"
+        if self.method and self.url:
+            text += f" ({self.method} {self.url})"
+        if self.suggestion:
+            text += f"\nSuggestion: {self.suggestion}"
+        if self.error_uid:
+            text += f"\nError id: {self.error_uid}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code}, code={self.code!r})"
+
+
+class InvalidRequest(ApiError):
+    """400, 413 or 422: the request itself was refused."""
+
+
+class AuthError(ApiError):
+    """401 or 403: the key is missing, wrong, for another deployment, or lacks permission."""
+
+
+class NotFound(ApiError):
+    """404: no such job, file, upload or pipeline (or no active version of a pipeline)."""
+
+
+class Conflict(ApiError):
+    """409: the resource is not in a state that allows this (e.g. cancelling a finished job)."""
+
+
+class RateLimited(ApiError):
+    """429: too many requests; ``retry_after`` is the server's wish in seconds, if given."""
+
+    retry_after: float | None = None
+
+
+class ServerError(ApiError):
+    """5xx: the platform failed; safe requests are retried before this is raised."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    413: InvalidRequest,
+    422: InvalidRequest,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    409: Conflict,
+    429: RateLimited,
+}
+
+
+def parse_retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number; HTTP dates are rare and ignored)."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_for_response(response: httpx.Response, *, scrub: str | None = None) -> ApiError:
+    """The right ``ApiError`` for an error response, parsing both error envelopes.
+
+    ``scrub`` is a secret to remove from any text copied out of the response.
+    """
+    status = response.status_code
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ApiError)
+    errors: list[dict[str, Any]] = []
+    message = response.reason_phrase or "error"
+    try:
+        body = json.loads(response.content) if response.content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+        text = response.content[:300].decode("utf-8", "replace").strip()
+        if text:
+            message = text
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        errors = [_scrubbed(e, scrub) for e in body["errors"] if isinstance(e, dict)]
+    elif isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        message = detail if isinstance(detail, str) else json.dumps(detail)[:500]
+    first = errors[0] if errors else {}
+
+    def clean(value: Any) -> str | None:
+        if value is None:
+            return None
+        text = str(value)
+        return text.replace(scrub, "***") if scrub else text
+
+    try:
+        request: httpx.Request | None = response.request
+    except RuntimeError:  # a response built by hand, without its request
+        request = None
+    error = cls(
+        status,
+        clean(first.get("message")) or clean(message) or "error",
+        code=clean(first.get("code")),
+        suggestion=clean(first.get("suggestion")),
+        error_uid=clean(first.get("error_uid")),
+        errors=errors,
+        method=request.method if request else None,
+        url=clean(_display_url(request.url)) if request else None,
+    )
+    if isinstance(error, RateLimited):
+        error.retry_after = parse_retry_after(response)
+    return error
+
+
+def _scrubbed(value: Any, secret: str | None) -> Any:
+    """``value`` (JSON) with ``secret`` replaced by ``***`` in every string, keys included."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, dict):
+        return {_scrubbed(k, secret): _scrubbed(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, secret) for v in value]
+    return value
+
+
+def _display_url(url: httpx.URL) -> str:
+    """The URL without its query: presigned signatures stay out of messages."""
+    return str(url.copy_with(query=None))
