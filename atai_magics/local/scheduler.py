@@ -69,6 +69,7 @@ POLL_SECONDS = 0.2
 KILL_AFTER_SECONDS = 1.0
 CANCEL_CACHE_SECONDS = 0.1
 CRASH_EXIT_CODE = 137  # what an OOM-killed pod reports
+WATCHDOG_INTERVAL = 0.25
 BACKOFF_MESSAGE = "BackoffLimitExceeded: Job has reached the specified backoff limit"
 _PREFERRED_START = "forkserver"
 
@@ -167,10 +168,12 @@ def _worker_main(
     cancel_event: MpEvent,
     result: multiprocessing.connection.Connection,
     crash_now: bool,
+    server_pid: int,
 ) -> None:
     """Entry point of a worker process: exit 0 on success, 3 after a PipelineFailure."""
     if crash_now:
         os._exit(CRASH_EXIT_CODE)
+    threading.Thread(target=_exit_with_server, args=(server_pid,), daemon=True).start()
     store = Store(home)
     try:
         run(_StoreContext(store, job_id, worker_index, config, inputs, cancel_event))
@@ -190,6 +193,31 @@ def _worker_main(
         store.close()
         raise
     store.close()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel, which cannot tell zombies apart
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _exit_with_server(server_pid: int) -> None:
+    """A worker whose server died (kill -9) stops at once: the restarted server re-runs the
+    job, and an orphan must not keep writing into the store meanwhile."""
+    while _process_alive(server_pid):
+        time.sleep(WATCHDOG_INTERVAL)
+    os._exit(CRASH_EXIT_CODE)
 
 
 # --- the scheduler side ---------------------------------------------------------------------
@@ -393,6 +421,7 @@ class Scheduler:
                         running.cancel_event,
                         writer,
                         crash_now,
+                        os.getpid(),
                     ),
                     name=f"atai-worker-{job_id}-{index}",
                     daemon=True,

@@ -6,8 +6,10 @@ name; pytest puts this directory on ``sys.path`` and the fork server inherits it
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 
 from atai_magics.local.pipelines.base import LocalPipeline, PipelineFailure, RunContext, port
 
@@ -21,12 +23,15 @@ def run(ctx: RunContext) -> None:
 
     Config: ``seconds`` to wait; ``ignore_term`` ignores SIGTERM and cancellation (so only
     SIGKILL stops it); ``fail`` raises a PipelineFailure with that message, ``error`` a
-    RuntimeError (a pipeline bug).
+    RuntimeError (a pipeline bug); ``pid_dir`` receives ``<worker_index>.pid``.
     """
     if ctx.config.get("error"):
         raise RuntimeError(str(ctx.config["error"]))
     if ctx.config.get("fail"):
         raise PipelineFailure(str(ctx.config["fail"]))
+    if ctx.config.get("pid_dir"):  # lets a test see whether the worker process still runs
+        pid_file = Path(str(ctx.config["pid_dir"])) / f"{ctx.worker_index}.pid"
+        pid_file.write_text(str(os.getpid()))
     ignore = bool(ctx.config.get("ignore_term"))
     if ignore:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
