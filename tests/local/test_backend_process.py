@@ -199,8 +199,10 @@ def test_activity_detection_lifecycle(backend: Backend, tmp_path: Path) -> None:
     assert records[0]["prediction"] and records[3]["prediction"]
     assert records[1]["prediction"] is None and records[1]["error"] == "parse error"
     assert records[2]["prediction"] is None and "format" in records[2]["error"]
-    assert any("not Newton" in (e.message or "") or "baseline" in (e.message or "")
-               for e in client.iter_events(job.id))
+    assert any(
+        "not Newton" in (e.message or "") or "baseline" in (e.message or "")
+        for e in client.iter_events(job.id)
+    )
 
 
 def _slow_job(client: Client, tmp_path: Path, name: str, **config: Any) -> JobRecord:
