@@ -1,0 +1,55 @@
+"""Fixtures shared across the suite: one real local backend per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from atai_magics import Client
+from atai_magics.local import server
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """A local backend running in its own process for the whole session."""
+
+    info: server.ServerInfo
+
+    def client(self) -> Client:
+        return Client(self.info.url, api_key=self.info.token())
+
+
+def plugin_pythonpath(site: Path) -> str:
+    """A PYTHONPATH under which the backend finds ``tests/local/slow_pipeline.py`` as a real
+    entry-point plug-in (``slow-test``): a job that runs until cancelled or released."""
+    dist = site / "slowplug-0.0.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: slowplug\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[atai_magics.local_pipelines]\nslow = slow_pipeline:PIPELINE\n"
+    )
+    paths = [str(site), str(Path(__file__).parent / "local"), os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(p for p in paths if p)
+
+
+@pytest.fixture(scope="session")
+def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """The backend with the ``slow-test`` plug-in, shared by the tests of a session."""
+    home: Path = tmp_path_factory.mktemp("local-home")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = plugin_pythonpath(tmp_path_factory.mktemp("site"))
+    try:
+        info = server.start(home, concurrency=2)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    try:
+        yield LocalBackend(info)
+    finally:
+        server.stop(home)

@@ -1,0 +1,167 @@
+"""The Job handle and the journal, against the real local backend over a socket."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from atai_magics.api import models as m
+from atai_magics.jobs import Job, JobTimeout, Journal, JournalEntry, ordered_outputs
+from tests.conftest import LocalBackend
+
+
+def _msc_job(client, tmp_path: Path, *, flush: int = 2) -> m.JobRecord:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:8]
+    rows = ["ts,a"] + [f"{i},{(i % 7) / 7:.3f}" for i in range(120)]
+    up = ["ts,a"] + [f"{i},{i / 120:.3f}" for i in range(120)]
+    for name, lines in ((f"flat-{tag}.csv", rows), (f"up-{tag}.csv", up), (f"inf-{tag}.csv", up)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        client.upload_file(tmp_path / name)
+    return client.create_job(
+        {
+            "name": f"jobs-{tag}",
+            "pipeline_key": "machine-state-classification",
+            "inputs": {
+                "worker.inference": [{"file_id": f"inf-{tag}.csv"}],
+                "worker.n_shots": [
+                    {"file_id": f"flat-{tag}.csv", "metadata": {"class": "flat"}},
+                    {"file_id": f"up-{tag}.csv", "metadata": {"class": "up"}},
+                ],
+            },
+            "parameters": {
+                "worker": {
+                    "config": {
+                        "batch_size": 4,
+                        "flush_every_n_iteration": flush,
+                        "reader_config": {
+                            "data_columns": ["a"],
+                            "timestamp_column": "ts",
+                            "window_size": 8,
+                            "step_size": 1,
+                        },
+                    }
+                }
+            },
+        }
+    )
+
+
+def test_wait_results_and_repr(local_backend: LocalBackend, tmp_path: Path) -> None:
+    client = local_backend.client()
+    job = Job(_msc_job(client, tmp_path), client)
+    changes: list[str] = []
+    job.wait(timeout=120, on_change=lambda j: changes.append(j.status.value))
+    assert job.status == m.JobStatus.COMPLETED
+    assert changes[-1] == "COMPLETED"
+    assert job.summary == "completed" and job.failures == []
+
+    outputs = job.outputs()
+    assert len(outputs) == 15  # 113 windows, 4 per iteration, a part every 2 iterations
+    records = job.results(tmp_path / "out")
+    rows = records.to_dict("records") if hasattr(records, "to_dict") else records
+    assert [int(r["ts"]) for r in rows] == list(range(7, 120))  # parts merged in order
+    assert {r["Prediction"] for r in rows} <= {"flat", "up"}
+
+    text = job._repr_mimebundle_()["text/plain"]
+    assert text.splitlines()[1] == job.id  # the id alone on its line, for sanitizers
+    assert "completed" in text.splitlines()[0]
+    assert repr(job) == f"<Job {job.id} {job.name!r} COMPLETED>"
+    assert job.cancel() == "already finished (COMPLETED)"
+
+
+def test_completed_with_failures_is_never_plain_success(
+    local_backend: LocalBackend, tmp_path: Path
+) -> None:
+    client = local_backend.client()
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b'{"prompt": "walking"}\n', f"prompts-{tag}.txt", "text/plain")
+    record = client.create_job(
+        {
+            "name": f"ad-{tag}",
+            "pipeline_key": "activity-detection",
+            "inputs": {"worker.data": [{"file_id": f"prompts-{tag}.txt"}]},
+        }
+    )
+    job = Job(record, client).wait(timeout=120)
+    assert job.status == m.JobStatus.COMPLETED
+    assert job.summary == "completed with failures"
+    assert job.failures == ["1 of 1 inputs failed", "1 FAILED event"]
+    assert "completed with failures" in job._repr_mimebundle_()["text/plain"]
+
+
+def test_cancel_then_retry(local_backend: LocalBackend) -> None:
+    client = local_backend.client()
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    record = client.create_job(
+        {
+            "name": f"slow-{tag}",
+            "pipeline_key": "slow-test",
+            "inputs": {"worker.data": [{"file_id": f"slow-{tag}.txt"}]},
+            "parameters": {"worker": {"config": {"seconds": 600}}},
+        }
+    )
+    job = Job(record, client)
+    assert job.cancel() == "cancelled"
+    assert job.status == m.JobStatus.CANCELLED
+    assert job.cancel() == "already finished (CANCELLED)"
+    job.retry()
+    assert job.record.retry_count == 1 and not job.done
+    assert job.cancel() == "cancelled"
+
+
+def test_wait_times_out_without_touching_the_job(
+    local_backend: LocalBackend, tmp_path: Path
+) -> None:
+    client = local_backend.client()
+    job = Job(_msc_job(client, tmp_path), client)
+    with pytest.raises(JobTimeout):
+        job.wait(timeout=0)
+    assert client.get_job(job.id).status != m.JobStatus.CANCELLED
+
+
+def test_ordered_outputs_follows_part_numbers() -> None:
+    def out(i: str, name: str, input_id: str) -> m.Output:
+        return m.Output(id=i, input_id=input_id, data=m.DataRef(ref="/x", filename=name))
+
+    shuffled = [
+        out("o1", "pred_b_part_10.csv", "inp_b"),
+        out("o2", "pred_a_part_2.csv", "inp_a"),
+        out("o3", "pred_b_part_9.csv", "inp_b"),
+        out("o4", "pred_a_part_0.csv", "inp_a"),
+    ]
+    names = [o.data.filename for o in ordered_outputs(shuffled)]
+    assert names == [
+        "pred_a_part_0.csv",
+        "pred_a_part_2.csv",
+        "pred_b_part_9.csv",
+        "pred_b_part_10.csv",
+    ]
+
+
+def test_journal_is_durable_and_keeps_no_secrets(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j" / "journal.jsonl")
+    first = JournalEntry("job_1", "a", "http://127.0.0.1:1/v0.5", "h1", "nb.ipynb", "cell-1")
+    journal.record(first)
+    journal.record(JournalEntry("job_2", "b", "http://127.0.0.1:1/v0.5", "h2", "other.ipynb"))
+    journal.record(JournalEntry("job_3", "a", "http://127.0.0.1:1/v0.5", "h1", "nb.ipynb"))
+    with journal.path.open("a") as file:
+        file.write('{"job_id": "torn')  # a crash in the middle of a line
+    assert [e.job_id for e in journal.entries()] == ["job_1", "job_2", "job_3"]
+    assert journal.find(endpoint="http://127.0.0.1:1/v0.5", spec_hash="h1").job_id == "job_3"
+    assert journal.find(endpoint="https://elsewhere/v0.5", spec_hash="h1") is None
+    notebook = journal.for_notebook("nb.ipynb", endpoint="http://127.0.0.1:1/v0.5")
+    assert [e.job_id for e in notebook] == ["job_3", "job_1"]
+    assert journal.path.stat().st_mode & 0o777 == 0o600
+    assert set(json.loads(journal.path.read_text().splitlines()[0])) == {
+        "job_id",
+        "name",
+        "endpoint",
+        "spec_hash",
+        "notebook",
+        "cell",
+        "submitted_at",
+    }
