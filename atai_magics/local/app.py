@@ -13,6 +13,17 @@ Choices where the platform leaves room (reference §12):
   key (its newest version). Pipeline ids are stable: a hash of ``key@version``.
 - Signed URLs (output and input ``data.ref``, upload part URLs) are valid ``url_ttl`` seconds
   (1 hour) and re-signed on every listing; an expired one is 403 ``request_expired``.
+- Signed URLs point at the address the server is bound to (``127.0.0.1:<port>``, from the
+  ASGI scope), never at the request's ``Host`` header, which a client could forge.
+- A signed URL is valid for its method only: ``HEAD`` on a signed ``GET`` URL is 403
+  ``signature_does_not_match``, as on S3 (the signature binds the method).
+- ``If-None-Match: *`` on traces is 304 whenever the job exists.
+- Integer query parameters must lie in ``0 <= n < 2**63`` (``-1`` also for the shard
+  parameters), else 400; JSON bodies whose strings cannot be UTF-8 (lone surrogates such as
+  ``"\ud800"``) are 400 ``invalid_json``.
+- Upload bodies (``POST /files``, ``/files/base64``, part ``PUT``) stream in at most
+  ``UPLOAD_THREADS`` threads of their own, so slow uploads never take the threads every other
+  route needs.
 - ``/v0.5/jos/jobs…`` is an alias of ``/v0.5/batch/jobs…``.
 """
 
@@ -21,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import importlib
@@ -34,10 +46,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
+import anyio
 import anyio.from_thread
+import anyio.to_thread
 import pydantic
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -57,6 +71,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_SIMPLE_UPLOAD_BYTES",
     "SIMPLE_TYPES",
+    "UPLOAD_THREADS",
     "URL_TTL_SECONDS",
     "create_app",
     "pipeline_id",
@@ -67,6 +82,7 @@ _log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Response]]
 AuthMode = Literal["bearer", "signed", "signed_or_bearer"]
+T = TypeVar("T")
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 """Largest JSON request body (a create-job body listing ~37,000 files is refused with 413)."""
@@ -74,6 +90,10 @@ MAX_SIMPLE_UPLOAD_BYTES = 512 * 1024 * 1024
 """Largest ``POST /files`` / ``/files/base64`` upload; larger files use the direct flow."""
 URL_TTL_SECONDS = 3600.0
 """How long signed URLs stay valid."""
+UPLOAD_THREADS = 8
+"""Threads that stream upload bodies; more concurrent uploads wait for one (not a 503)."""
+MAX_INT_PARAM = 2**63
+"""Integer query parameters must be below this (SQLite's INTEGER is 64-bit signed)."""
 _MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file of a simple upload
 _MAX_FIELD_BYTES = 1024 * 1024
 _MAX_HEADER_BYTES = 16 * 1024
@@ -314,16 +334,44 @@ def _multipart(chunks: Iterator[bytes], boundary: str) -> Iterator[_Part]:
 # --- query parameters -----------------------------------------------------------------------
 
 
-def _int_param(request: Request, name: str, default: int | None) -> int | None:
+def _int_param(request: Request, name: str, default: int | None, minimum: int = 0) -> int | None:
+    """An integer query parameter in ``minimum <= n < 2**63``, else 400 ``invalid_parameter``."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
-    except ValueError:
+        value = int(raw)
+    except ValueError:  # also digit strings over int's 4300-digit limit
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
         raise ApiFailure(
-            400, "invalid_parameter", f"Query parameter {name} must be an integer: {raw!r}"
+            400, "invalid_parameter", f"Query parameter {name} must be an integer: {shown!r}"
         ) from None
+    if not minimum <= value < MAX_INT_PARAM:
+        raise ApiFailure(
+            400,
+            "invalid_parameter",
+            f"Query parameter {name} must be between {minimum} and {MAX_INT_PARAM - 1}",
+        )
+    return value
+
+
+def _unencodable_string(value: Any) -> bool:
+    """Whether a parsed JSON value holds a string (or key) UTF-8 cannot encode (a lone
+    surrogate from a ``\ud800`` escape). Iterative: JSON nests as deep as the parser allows."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def _offset_limit(request: Request, default_limit: int = 100) -> tuple[int, int]:
@@ -360,6 +408,8 @@ class _Backend:
     max_json_bytes: int
     part_size: int
     scheduler: Any = None
+    upload_threads: int = UPLOAD_THREADS
+    upload_limiter: anyio.CapacityLimiter | None = None
 
     # --- auth and plumbing ---
 
@@ -400,6 +450,16 @@ class _Backend:
 
         return wrapped
 
+    async def in_upload_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a body-streaming ``func`` in a thread of the upload limiter, not the default
+        one that every other route shares (its 40 threads would otherwise all wait on slow
+        clients)."""
+        if self.upload_limiter is None:  # made here: a limiter belongs to the running loop
+            self.upload_limiter = anyio.CapacityLimiter(self.upload_threads)
+        return await anyio.to_thread.run_sync(
+            functools.partial(func, *args), limiter=self.upload_limiter
+        )
+
     def wake(self) -> None:
         if self.scheduler is not None:
             self.scheduler.wake()
@@ -416,9 +476,20 @@ class _Backend:
         if not body.strip():
             return None
         try:
-            return json.loads(bytes(body))
+            parsed = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiFailure(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise ApiFailure(
+                400, "invalid_json", "Malformed JSON body: nested too deeply"
+            ) from None
+        if _unencodable_string(parsed):
+            raise ApiFailure(
+                400,
+                "invalid_json",
+                "Malformed JSON body: a string is not valid Unicode (lone surrogate escape)",
+            )
+        return parsed
 
     async def model_body(self, request: Request, model: type[pydantic.BaseModel]) -> Any:
         body = await self.json_body(request)
@@ -429,10 +500,22 @@ class _Backend:
 
     # --- signing of store paths ---
 
+    @staticmethod
+    def base_url(request: Request) -> str:
+        """Where this server listens, from the ASGI scope's ``server`` (the bound address), not
+        from the ``Host`` header: a forged header must not send signed URLs elsewhere."""
+        server = request.scope.get("server")
+        if not server or server[1] is None:  # e.g. a Unix socket: nothing better to go on
+            return f"{request.url.scheme}://{request.url.netloc}"
+        host, port = str(server[0]), int(server[1])
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        return f"{request.url.scheme}://{host}:{port}"
+
     def signed_url(self, request: Request, method: str, relative: str) -> tuple[str, str]:
         """An absolute signed URL for a store-given relative path, and its expiry."""
         signed, expires = self.signer.sign(method, unquote(relative))
-        base = f"{request.url.scheme}://{request.url.netloc}"
+        base = self.base_url(request)
         stamp = format_ts(datetime.fromtimestamp(expires, tz=timezone.utc))
         return base + signed, stamp
 
@@ -622,7 +705,8 @@ class _Backend:
         buckets = _int_param(request, "buckets", 100) or 100
         etag = _quoted(await run_in_threadpool(self.store.traces_etag, job_id, buckets))
         wanted = request.headers.get("if-none-match")
-        if wanted and any(_quoted(t.strip()) == etag for t in wanted.split(",")):
+        tags = [t.strip() for t in wanted.split(",")] if wanted else []
+        if "*" in tags or any(_quoted(t) == etag for t in tags if t):
             return Response(status_code=304, headers={"ETag": etag})
         traces = await run_in_threadpool(self.store.traces, job_id, buckets)
         etag = _quoted(str(traces.pop("etag", etag)))
@@ -746,7 +830,7 @@ class _Backend:
                 raise _too_large(self.max_upload_bytes)
             chunks = _limited(_sync_chunks(request), limit)
             try:
-                result = await run_in_threadpool(self.receive_upload, chunks, boundary, encoded)
+                result = await self.in_upload_thread(self.receive_upload, chunks, boundary, encoded)
             except _TooLarge:
                 raise _too_large(self.max_upload_bytes) from None
             return JSONResponse(result)
@@ -785,8 +869,8 @@ class _Backend:
                 file_type,
             )
             return JSONResponse(page)
-        shard = _int_param(request, "shard_index", -1)
-        size = _int_param(request, "max_items_per_shard", -1)
+        shard = _int_param(request, "shard_index", -1, minimum=-1)
+        size = _int_param(request, "max_items_per_shard", -1, minimum=-1)
         rows = await run_in_threadpool(
             self.store.list_files_shard,
             -1 if shard is None else shard,
@@ -860,7 +944,7 @@ class _Backend:
         upload = await run_in_threadpool(self.store.get_upload, upload_id)
         chunks = _limited(_sync_chunks(request), int(upload["part_size"]))
         try:
-            etag = await run_in_threadpool(self.store.record_part, upload_id, number, chunks)
+            etag = await self.in_upload_thread(self.store.record_part, upload_id, number, chunks)
         except _TooLarge:
             raise ApiFailure(400, "invalid_parameter", "Part is larger than announced") from None
         return Response(status_code=200, headers={"ETag": _quoted(etag)})

@@ -7,8 +7,11 @@ every core, be killed like a pod, and never block the server's threads.
 Choices (the platform documents none of them; see reference §3.2):
 
 - **Start method.** ``forkserver`` where available (``spawn`` elsewhere): never ``fork`` from a
-  threaded server. The fork server preloads this module and the built-in pipelines (numpy), so
-  a worker starts in milliseconds instead of re-importing numpy for a second.
+  threaded server. The fork server preloads this module and the pipelines' modules (numpy), so
+  a worker starts in milliseconds instead of re-importing numpy for a second. `start` brings
+  the fork server up at once (it runs a no-op process), so workers run the code the server
+  loaded, not whatever is on disk at the first job (after a ``git pull`` or ``pip install
+  -U`` under a running backend, that would mismatch the server's calls).
 - **Admission.** While fewer than ``concurrency`` jobs are ADMITTED/RUNNING, the oldest PENDING
   job is admitted (`Store.admit_next`), gets an INFO ``Starting N worker(s)`` event, its worker
   processes are started and it moves to RUNNING. Workers = min(requested ``parallelism`` or the
@@ -21,8 +24,11 @@ Choices (the platform documents none of them; see reference §3.2):
   `PipelineFailure` in a worker → FAILED, ``error = {"message", "type": "PipelineFailure"}`` and
   a FAILED ``Job failed: <message>`` event. A crash (non-zero exit, a signal, or the injected
   ``crash()``) → ERROR ``Container worker terminated: exit=N`` then FAILED with the platform's
-  ``BackoffLimitExceeded`` wording. Either way the other workers are terminated, and inputs
-  still ``processing`` become ``failed`` with the job's error message.
+  ``BackoffLimitExceeded`` wording. An exception a worker process dies of (even one raised
+  before the pipeline runs, like a TypeError calling the entry point) is reported to the
+  scheduler through a pipe of its own and recorded first as an ERROR ``Worker N: Type: text``
+  event, unless the worker recorded it itself. Either way the other workers are terminated,
+  and inputs still ``processing`` become ``failed`` with the job's error message.
 - **Cancel.** The route marks the job CANCELLED; `cancel` (or the loop, which notices a job no
   longer active in the store) sets the job's cancel event, sends SIGTERM, and SIGKILL after 1 s.
   Outputs already written stay. Inputs left ``processing`` are set back to ``pending`` once the
@@ -45,7 +51,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.context import (
+    ForkServerContext,
+    ForkServerProcess,
+    SpawnContext,
+    SpawnProcess,
+)
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -71,19 +82,90 @@ CANCEL_CACHE_SECONDS = 0.1
 CRASH_EXIT_CODE = 137  # what an OOM-killed pod reports
 WATCHDOG_INTERVAL = 0.25
 BACKOFF_MESSAGE = "BackoffLimitExceeded: Job has reached the specified backoff limit"
+WARM_UP_SECONDS = 120.0
 _PREFERRED_START = "forkserver"
+_UNCAUGHT_EXIT_CODE = 1  # what multiprocessing reports for an exception escaping run()
+
+
+class _ReportingProcess(BaseProcess):
+    """A process that sends the exception it dies of to its parent (``crash_report``).
+
+    The report travels through a pipe of its own, made in `start`, so it also covers what
+    happens before the target's own error handling, e.g. a TypeError calling the target.
+    """
+
+    crash_reader: multiprocessing.connection.Connection | None = None
+    _crash_writer: multiprocessing.connection.Connection | None = None
+
+    def start(self) -> None:
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        self._crash_writer = writer
+        try:
+            super().start()  # pickles self, writer included, for the child
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            writer.close()
+        self.crash_reader = reader
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            writer = self._crash_writer
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.send(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def crash_report(self) -> str | None:
+        """What the finished process died of, if it said; closes the pipe."""
+        reader = self.crash_reader
+        if reader is None or reader.closed:
+            return None
+        try:
+            return str(reader.recv()) if reader.poll() else None
+        except (EOFError, OSError):
+            return None
+        finally:
+            reader.close()
+
+
+class _ForkServerWorker(_ReportingProcess, ForkServerProcess):
+    pass
+
+
+class _SpawnWorker(_ReportingProcess, SpawnProcess):
+    pass
+
+
+class _ForkServerContext(ForkServerContext):
+    Process = _ForkServerWorker
+
+
+class _SpawnContext(SpawnContext):
+    Process = _SpawnWorker
 
 
 def _start_context(method: str | None) -> SpawnContext | ForkServerContext:
-    """forkserver (cheap, thread-safe) where the OS has it, else spawn; never fork."""
+    """forkserver (cheap, thread-safe) where the OS has it, else spawn; never fork.
+
+    Its processes report the exception they die of (`_ReportingProcess`).
+    """
     if method is None:
         available = multiprocessing.get_all_start_methods()
         method = _PREFERRED_START if _PREFERRED_START in available else "spawn"
     if method == "forkserver":
-        return multiprocessing.get_context("forkserver")
+        multiprocessing.get_context("forkserver")  # raises where the OS has no fork server
+        return _ForkServerContext()
     if method == "spawn":
-        return multiprocessing.get_context("spawn")
+        return _SpawnContext()
     raise ValueError(f"start method {method!r} is not supported; use forkserver or spawn")
+
+
+def _noop() -> None:
+    """What `Scheduler.start` runs once, so that the fork server is up before any job."""
 
 
 # --- the worker side ------------------------------------------------------------------------
@@ -286,6 +368,7 @@ class Scheduler:
             raise RuntimeError("Scheduler already started")
         recovered = self.store.recover_after_restart()
         self._preload()
+        self._warm_up()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="atai-local-scheduler", daemon=True)
         self._thread.start()
@@ -341,18 +424,41 @@ class Scheduler:
     # --- the loop ---
 
     def _preload(self) -> None:
-        """Have the fork server import our modules once, so workers start warm."""
+        """Have the fork server import our modules and the pipelines' once, so workers start
+        warm and run the code this process loaded (plug-ins included)."""
         if self._mp.get_start_method() != "forkserver":
             return
         modules = [__name__]
         modules += sorted(
             {
-                p.run.__module__
+                name
                 for p in self.pipelines.values()
-                if getattr(p.run, "__module__", "").startswith("atai_magics.")
+                if (name := getattr(p.run, "__module__", None) or "") in sys.modules
+                and name != "__main__"
             }
+            - {__name__}
         )
         self._mp.set_forkserver_preload(modules)
+
+    def _warm_up(self) -> None:
+        """Start the fork server now, importing the modules as they are now (see `_preload`).
+
+        Left to the first job, it would import whatever is on disk then. A no-op spawn costs
+        nothing worth saving: each worker is a fresh interpreter anyway.
+        """
+        if self._mp.get_start_method() != "forkserver":
+            return
+        process = self._mp.Process(target=_noop, name="atai-worker-warm-up", daemon=True)
+        try:
+            process.start()
+            process.join(WARM_UP_SECONDS)
+        except Exception:  # the first job will try again, and fail visibly if it must
+            _log.exception("could not start the worker process server")
+            return
+        if process.exitcode != 0:
+            _log.warning("the worker process server's test process ended with %s", process.exitcode)
+        if isinstance(process, _ReportingProcess):
+            process.crash_report()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -524,6 +630,7 @@ class Scheduler:
             self._terminate(job)
             self._fail_processing_inputs(job.job_id, BACKOFF_MESSAGE)
             with contextlib.suppress(StateConflict, NotFound):
+                self._report_crash(job)
                 self.store.add_event(
                     job.job_id,
                     "ERROR",
@@ -541,6 +648,25 @@ class Scheduler:
                     event=("SUCCESS", "job.completed", f"Job completed in {seconds}s"),
                 )
             self._forget(job)
+
+    def _report_crash(self, job: _RunningJob) -> None:
+        """Record why the first crashed worker died, unless it recorded that itself."""
+        for index, w in enumerate(job.workers):
+            code = w.process.exitcode
+            if code is None or code == 0:
+                continue
+            report = w.process.crash_report() if isinstance(w.process, _ReportingProcess) else None
+            if report is None and code == _UNCAUGHT_EXIT_CODE:
+                report = "exited with code 1 before reporting; see the backend's log for why"
+            if report is None:
+                return
+            message = f"Worker {index}: {report}"
+            recorded = self.store.list_events(
+                job.job_id, level="ERROR", event_type="worker.exception", limit=None
+            )
+            if all(e.get("message") != message for e in recorded.get("events", [])):
+                self.store.add_event(job.job_id, "ERROR", "worker.exception", message)
+            return
 
     @staticmethod
     def _failure_message(worker: _Worker) -> str | None:
@@ -603,3 +729,7 @@ class Scheduler:
     def _close(worker: _Worker) -> None:
         with contextlib.suppress(OSError):
             worker.result.close()
+        reader = getattr(worker.process, "crash_reader", None)
+        if isinstance(reader, multiprocessing.connection.Connection):
+            with contextlib.suppress(OSError):
+                reader.close()

@@ -10,7 +10,9 @@ to find it lives in the home::
     server.lock    flock'ed while starting, stopping or resetting, so two callers never race
 
 ``start`` reuses a healthy server of the home or spawns ``python -m atai_magics.local.server
-run`` and waits for it; the extension and the ``atai-magics local`` CLI both call it.
+run`` and waits for it; the extension and the ``atai-magics local`` CLI both call it. The home
+never goes on the server's ``sys.path`` (nor its workers'), so a file there named like a module
+(``json.py``) cannot shadow an import: Python 3.11+ runs it with ``-P``, 3.10 from ``/``.
 
 The server process serves ``atai_magics.local.app:create_app(home, token, concurrency)``
 (plus ``faults=FaultSpec`` if the factory takes it) behind ``FaultMiddleware``, with
@@ -305,6 +307,16 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+_SAFE_PATH_FLAGS = ("-P",) if sys.version_info >= (3, 11) else ()
+"""``-P``: ``-m`` does not put the working directory first on ``sys.path``."""
+
+
+def _child_cwd(home: Path) -> Path:
+    """The home where ``-P`` keeps it off ``sys.path``; elsewhere the filesystem root, since
+    ``-m`` puts the working directory first on ``sys.path`` (logs still go to the home)."""
+    return home if _SAFE_PATH_FLAGS else Path(home.anchor or os.sep)
+
+
 def _log_tail(home: Path, lines: int = 15) -> str:
     try:
         text = (home / LOG_FILE).read_text(encoding="utf-8", errors="replace")
@@ -337,6 +349,7 @@ def start(
         (home_path / SERVER_FILE).unlink(missing_ok=True)  # stale: its process is gone
         command = [
             sys.executable,
+            *_SAFE_PATH_FLAGS,
             "-m",
             "atai_magics.local.server",
             "run",
@@ -363,7 +376,7 @@ def start(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
-                cwd=home_path,
+                cwd=_child_cwd(home_path),
                 env=_child_env(),
                 **detach,
             )

@@ -23,7 +23,9 @@ def run(ctx: RunContext) -> None:
 
     Config: ``seconds`` to wait; ``ignore_term`` ignores SIGTERM and cancellation (so only
     SIGKILL stops it); ``fail`` raises a PipelineFailure with that message, ``error`` a
-    RuntimeError (a pipeline bug); ``pid_dir`` receives ``<worker_index>.pid``.
+    RuntimeError (a pipeline bug); ``pid_dir`` receives ``<worker_index>.pid``;
+    ``release_file`` makes it wait (after ``seconds``) until that file exists, so a test
+    decides when it may finish, however slow the machine.
     """
     if ctx.config.get("error"):
         raise RuntimeError(str(ctx.config["error"]))
@@ -41,7 +43,8 @@ def run(ctx: RunContext) -> None:
         ctx.input_status(f.input_id, "processing")
     ctx.write_output(RESULT_PORT, f"started_{ctx.worker_index}.txt", b"started")
     deadline = time.monotonic() + float(ctx.config.get("seconds", 30))
-    while time.monotonic() < deadline:
+    release = ctx.config.get("release_file")
+    while time.monotonic() < deadline or (release and not Path(str(release)).exists()):
         if not ignore and ctx.cancelled():
             return
         time.sleep(0.02)

@@ -7,6 +7,8 @@ started, so jobs stay PENDING and assertions on queue fields are deterministic.
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -431,3 +433,148 @@ def test_lifespan_runs_the_scheduler(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         assert status in ("COMPLETED", "FAILED")
+
+
+# --- review fixes: parameter bounds, bad Unicode, Host pinning, upload threads --------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/batch/jobs?limit=9223372036854775808",
+        "/batch/jobs?offset=99999999999999999999999",
+        "/batch/jobs?offset=-1",
+        "/batch/jobs?limit=-5",
+        "/files/metadata?shard_index=9223372036854775808",
+        "/files/metadata?max_items_per_shard=-2",
+        "/files/metadata?shard_index=-2",
+        "/files/metadata?limit=9223372036854775808",
+        f"/batch/jobs/{'job_00000000000000000000000000'}/events?offset=18446744073709551616",
+    ],
+)
+def test_out_of_range_integer_parameters_are_400(backend: Backend, query: str) -> None:
+    with backend.http() as http:
+        error = _envelope(http.get(query), 400, "invalid_parameter")
+    assert "between" in error["message"]
+
+
+def test_in_range_integer_parameters_still_work(backend: Backend) -> None:
+    with backend.http() as http:
+        assert http.get("/batch/jobs?offset=9223372036854775807&limit=0").status_code == 200
+        assert http.get("/files/metadata?shard_index=-1&max_items_per_shard=-1").json() == []
+
+
+def test_traces_buckets_out_of_range_is_400(backend: Backend) -> None:
+    with backend.client() as client, backend.http() as http:
+        _upload_inputs(client)
+        job = client.create_job(_msc_body())
+        url = f"/batch/jobs/{job.id}/inputs/progress/traces?buckets=9223372036854775808"
+        _envelope(http.get(url), 400, "invalid_parameter")
+
+
+def _surrogate_bodies() -> list[tuple[str, bytes]]:
+    """Bodies that pass every other check, with a lone surrogate (a ``\\ud800`` escape)."""
+    named = _msc_body(name="\ud800")
+    keyed = _msc_body()
+    keyed["parameters"]["worker"]["config"]["\udfff"] = 1
+    nested = _msc_body()
+    nested["inputs"]["worker.inference"][0]["metadata"] = {"note": ["ok", "x\udc80y"]}
+    initiate = {"filename": "a\ud800.csv", "file_type": "text/csv", "num_bytes": 3}
+    jobs = [("/batch/jobs", json.dumps(b).encode()) for b in (named, keyed, nested)]
+    return [*jobs, ("/files/uploads/initiate", json.dumps(initiate).encode())]
+
+
+@pytest.mark.parametrize(("path", "body"), _surrogate_bodies())
+def test_lone_surrogates_in_json_bodies_are_400(backend: Backend, path: str, body: bytes) -> None:
+    with backend.client() as client:
+        _upload_inputs(client)
+    with backend.http() as http:
+        response = http.post(path, content=body, headers={"content-type": "application/json"})
+        error = _envelope(response, 400, "invalid_json")
+        assert "surrogate" in error["message"]
+        assert http.get("/batch/jobs").json()["total"] == 0
+
+
+def test_deeply_nested_json_is_400(backend: Backend) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    with backend.http() as http:
+        _envelope(http.post("/batch/jobs", content=body), 400, "invalid_json")
+
+
+def test_traces_if_none_match_star_is_304(backend: Backend) -> None:
+    with backend.client() as client, backend.http() as http:
+        _upload_inputs(client)
+        job = client.create_job(_msc_body())
+        url = f"/batch/jobs/{job.id}/inputs/progress/traces"
+        response = http.get(url, headers={"If-None-Match": "*"})
+        assert response.status_code == 304 and response.headers["etag"]
+        assert http.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+        missing = http.get(
+            f"/batch/jobs/{JOB}/inputs/progress/traces", headers={"If-None-Match": "*"}
+        )
+        _envelope(missing, 404)
+
+
+def test_signed_urls_ignore_a_forged_host_header(backend: Backend) -> None:
+    forged = {"Host": "evil.example:8080"}
+    with backend.client() as client, backend.http() as http:
+        _upload_inputs(client)
+        job = client.create_job(_msc_body())
+        backend.store.add_output(job.id, "worker.results", "pred.csv", b"t,Prediction\n")
+        outputs = http.get(f"/batch/jobs/{job.id}/outputs", headers=forged).json()["outputs"]
+        assert outputs[0]["data"]["ref"].startswith(f"{backend.url}/v0.5/batch/jobs/{job.id}/")
+        inputs = http.get(f"/batch/jobs/{job.id}/inputs", headers=forged).json()["inputs"]
+        assert all(i["data"]["ref"].startswith(f"{backend.url}/v0.5/") for i in inputs)
+        initiated = http.post(
+            "/files/uploads/initiate",
+            json={"filename": "big.csv", "file_type": "text/csv", "num_bytes": 3000},
+            headers=forged,
+        ).json()
+        assert initiated["parts"]
+        assert all(p["url"].startswith(f"{backend.url}/v0.5/files/") for p in initiated["parts"])
+
+
+def test_head_on_a_signed_get_url_is_403(backend: Backend) -> None:
+    """The signature binds the method, as on S3: HEAD needs its own signature."""
+    with backend.client() as client, httpx.Client() as raw:
+        _upload_inputs(client)
+        job = client.create_job(_msc_body())
+        backend.store.add_output(job.id, "worker.results", "pred.csv", b"t,Prediction\n")
+        ref = client.list_outputs(job.id).outputs[0].data.ref
+        assert raw.head(ref).status_code == 403
+        assert raw.get(ref).status_code == 200
+
+
+def _stalled_upload(url: str) -> socket.socket:
+    """A simple upload whose client sent the headers and a few bytes, then went quiet."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = (
+        "POST /v0.5/files HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\n"
+        "Content-Length: 60000\r\n\r\n"
+        "--xyz\r\n"
+    )
+    sock.sendall(head.encode())
+    return sock
+
+
+def test_stalled_uploads_leave_threads_for_other_routes(backend: Backend) -> None:
+    """More stalled uploads than the default thread pool has threads (40): reads still answer."""
+    with backend.client() as client:
+        _upload_inputs(client)
+        job = client.create_job(_msc_body())
+    sockets = [_stalled_upload(backend.url) for _ in range(45)]
+    try:
+        time.sleep(0.5)  # let every upload reach its handler
+        with backend.http() as http:
+            response = http.get(f"/batch/jobs/{job.id}", timeout=10)
+            assert response.status_code == 200 and response.json()["id"] == job.id
+            assert http.post(f"/batch/jobs/{job.id}/cancel", timeout=10).status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+    with backend.client() as client:  # the limiter's threads come back once the clients go
+        assert client.upload_bytes(b"after", "after.txt").file_id == "after.txt"

@@ -254,18 +254,25 @@ def test_kill_9_during_a_running_job_then_restart(backend: Backend, tmp_path: Pa
     info, client = backend()
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    job = _slow_job(client, tmp_path, "survivor", seconds=3, pid_dir=str(pid_dir))
+    release = tmp_path / "release"  # made only after the restart: the first run cannot finish
+    job = _slow_job(
+        client, tmp_path, "survivor", seconds=0, pid_dir=str(pid_dir), release_file=str(release)
+    )
     wait_for(lambda: client.get_job(job.id).status == JobStatus.RUNNING, "RUNNING")
     worker = int(wait_for(lambda: next(pid_dir.glob("*.pid"), None), "a worker").read_text())
+    store_outputs = tmp_path / "home" / "outputs"
+    wait_for(lambda: any(p.is_file() for p in store_outputs.rglob("*")), "the first marker")
 
     os.kill(info.pid, signal.SIGKILL)
     wait_for(lambda: not _process_alive(info.pid), "the backend to die")
     wait_for(lambda: not _process_alive(worker), "the orphaned worker to stop", timeout=2)
-    store_outputs = tmp_path / "home" / "outputs"
     written = sorted(p.name for p in store_outputs.rglob("*") if p.is_file())
 
     restarted, client = backend()
     assert restarted.pid != info.pid and not restarted.reused
+    second = wait_for(lambda: len(list(client.iter_outputs(job.id))) == 2, "the second marker")
+    assert second and client.get_job(job.id).status == JobStatus.RUNNING
+    release.touch()
     done = wait_terminal(client, job.id)
     assert done.status == JobStatus.COMPLETED
     assert done.preemption_count == 1
@@ -276,6 +283,80 @@ def test_kill_9_during_a_running_job_then_restart(backend: Backend, tmp_path: Pa
     assert names.count("copy_data.txt") == 1  # the orphan stopped before writing it
     assert names.count("started_0.txt") == 2  # one per run; the first survived the kill
     assert len(written) == 1  # only the first run's marker existed at the kill
+
+
+def test_workers_run_the_plugin_code_the_backend_started_with(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plug-in upgraded on disk under a running backend (pip install -U): the fork server
+    was started, with the plug-in imported, when the backend started, so jobs still run."""
+    site = tmp_path / "upgradable-site"
+    dist = site / "upgradable-0.0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: upgradable\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[atai_magics.local_pipelines]\nupgradable = upgradable_plugin:PIPELINE\n"
+    )
+    module = site / "upgradable_plugin.py"
+    module.write_text(
+        "import dataclasses\n"
+        "import slow_pipeline\n\n\n"
+        "def run(ctx):\n"
+        "    slow_pipeline.run(ctx)\n\n\n"
+        "PIPELINE = dataclasses.replace(slow_pipeline.PIPELINE, key='upgradable', run=run)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ["PYTHONPATH"]]))
+    _, client = backend()
+    module.write_text("raise ImportError('version 2 is not what the backend loaded')\n")
+    client.upload_bytes(b"payload", "data.txt")
+    job = client.create_job(
+        {
+            "name": "upgraded-under-me",
+            "pipeline_key": "upgradable",
+            "inputs": {"worker.data": [{"file_id": "data.txt"}]},
+            "parameters": {"worker": {"config": {"seconds": 0}}},
+        }
+    )
+    done = wait_terminal(client, job.id)
+    assert done.status == JobStatus.COMPLETED, [e.message for e in client.iter_events(job.id)]
+    assert "copy_data.txt" in [o.data.filename for o in client.iter_outputs(job.id)]
+
+
+def test_a_worker_that_dies_starting_leaves_a_readable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception before the pipeline runs (here: calling the worker entry point with
+    arguments it does not take) is an ERROR event with its text, not only BackoffLimit."""
+    import slow_pipeline
+
+    from atai_magics.local import scheduler as scheduler_module
+    from atai_magics.local.store import Store
+
+    monkeypatch.setattr(scheduler_module, "_worker_main", slow_pipeline.run)
+    store = Store(tmp_path / "home")
+    sched = scheduler_module.Scheduler(store, {slow_pipeline.KEY: slow_pipeline.PIPELINE})
+    sched.start()
+    try:
+        store.add_file("data.txt", "text/plain", b"payload")
+        request = {
+            "name": "dies-starting",
+            "pipeline_type": "batch",
+            "pipeline_key": slow_pipeline.KEY,
+            "inputs": {slow_pipeline.DATA_PORT: [{"file_id": "data.txt"}]},
+        }
+        pipeline = slow_pipeline.PIPELINE
+        job_id = str(store.create_job(request, pipeline.version, pipeline.inputs)["id"])
+        sched.wake()
+        wait_for(lambda: store.get_job(job_id)["status"] == "FAILED", "the job to fail")
+        errors = [
+            str(e["message"])
+            for e in store.list_events(job_id, level="ERROR", limit=None)["events"]
+        ]
+    finally:
+        sched.stop()
+        store.close()
+    assert errors[0].startswith("Worker 0: TypeError: run() takes 1 positional argument"), errors
+    assert errors[1:] == ["Container worker terminated: exit=1"]
 
 
 def test_the_client_rides_out_injected_faults(backend: Backend, tmp_path: Path) -> None:

@@ -318,3 +318,16 @@ def test_server_module_runs_as_a_script() -> None:
         timeout=60,
     )
     assert done.returncode == 0 and "--faults" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["json.py", "atai_magics.py", "httpx.py"])
+def test_modules_in_the_home_do_not_shadow_the_servers_imports(home: Path, name: str) -> None:
+    """The home is not on the server's sys.path: a file there named like a module is inert."""
+    home.mkdir(parents=True)
+    marker = home / "imported"
+    (home / name).write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('shadowed from the home')\n"
+    )
+    info = server.start(home)
+    assert _get(f"{info.url}/batch/jobs", info.token()).status_code == 200
+    assert not marker.exists()
