@@ -1,25 +1,23 @@
-"""What ``%load_ext atai_magics`` does in this version.
-
-PLACEHOLDER: the ``%%atai_job`` magic, the status card and the helper widgets are not built
-yet. Loading the extension says so plainly instead of pretending; the API client
-(``from atai_magics import Client``) is complete and usable today.
-"""
+"""What ``%load_ext atai_magics`` does: register the magics, say which backend they use,
+and start the local backend in the background when it is the one (so loading stays cheap)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-NOT_YET = (
-    "atai_magics {version}: NOT YET AVAILABLE - the %%atai_job magic and its widgets are not "
-    "built in this version. The API client is: `from atai_magics import Client`."
-)
-
 
 def load(ipython: Any) -> None:
-    from . import __version__
+    from .magics import AtaiMagics
 
-    print(NOT_YET.format(version=__version__))
+    magics = AtaiMagics(ipython)
+    ipython.register_magics(magics)
+    print(magics.session.announce())
+    magics.session.start_local_in_background()
 
 
 def unload(ipython: Any) -> None:
-    """Nothing is registered yet, so there is nothing to remove."""
+    manager = ipython.magics_manager
+    for kind in ("line", "cell"):
+        for name in ("atai_job", "atai_config"):
+            manager.magics[kind].pop(name, None)
+    manager.registry.pop("AtaiMagics", None)

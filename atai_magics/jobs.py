@@ -128,16 +128,18 @@ class Job:
         self,
         timeout: float | None = None,
         *,
+        poll: float = POLL_MAX,
         on_change: Callable[[Job], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Job:
         """Poll until the job is COMPLETED, FAILED or CANCELLED (slower as time passes).
 
+        Checks start every half second and slow down to every ``poll`` seconds.
         ``on_change`` is called whenever the status or progress changed. Raises
         ``JobTimeout`` when ``timeout`` seconds pass first; the job keeps running.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = POLL_START
+        interval = min(POLL_START, poll)
         seen: tuple[Any, ...] | None = None
         while True:
             self.refresh()
@@ -151,7 +153,7 @@ class Job:
                 raise JobTimeout(f"{self.id} is still {self.status.value} after {timeout} s")
             pause = interval if deadline is None else min(interval, deadline - time.monotonic())
             sleep(max(0.0, pause))
-            interval = min(POLL_MAX, interval * 1.5)
+            interval = min(poll, interval * 1.5)
 
     def cancel(self) -> str:
         """Cancel the job; says ``already finished`` instead of failing on a finished job."""

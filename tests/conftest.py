@@ -53,3 +53,15 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBac
         yield LocalBackend(info)
     finally:
         server.stop(home)
+
+
+@pytest.fixture(scope="session")
+def ipython() -> object:
+    """IPython's shared test shell (``globalipapp`` starts it once per process)."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    start_ipython()
+    shell = get_ipython()
+    assert shell is not None
+    return shell

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -30,12 +31,30 @@ def test_public_names() -> None:
         _ = atai_magics.NoSuchThing  # type: ignore[attr-defined]
 
 
-def test_load_ext_says_loudly_what_is_not_built_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    from IPython.testing.globalipapp import get_ipython
+def test_load_ext_registers_the_magics_and_names_the_backend(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    local_backend: Any,
+    ipython: Any,
+) -> None:
 
-    shell = get_ipython()
+    monkeypatch.setenv("ATAI_LOCAL_HOME", str(local_backend.info.home))  # reuse, don't spawn
+    monkeypatch.delenv("ATAI_API_KEY", raising=False)
+    monkeypatch.delenv("ATAI_API_ENDPOINT", raising=False)
+    shell = ipython
     shell.run_line_magic("load_ext", "atai_magics")
-    out = capsys.readouterr().out
-    assert "NOT YET AVAILABLE" in out
-    assert atai_magics.__version__ in out
+    try:
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and "LOCAL backend" in out[0] and "ATAI_API_KEY" in out[0]
+        assert "atai_job" in shell.magics_manager.magics["cell"]
+        assert "atai_job" in shell.magics_manager.magics["line"]
+        assert "atai_config" in shell.magics_manager.magics["line"]
+    finally:
+        shell.run_line_magic("unload_ext", "atai_magics")
+    assert "atai_job" not in shell.magics_manager.magics["cell"]
+
+    monkeypatch.setenv("ATAI_API_KEY", "sk_canary_load_ext")
+    shell.run_line_magic("load_ext", "atai_magics")
     shell.run_line_magic("unload_ext", "atai_magics")
+    out = capsys.readouterr().out
+    assert "Archetype AI platform" in out and "sk_canary_load_ext" not in out

@@ -1,0 +1,308 @@
+"""What the magics do, without IPython: connect, validate, submit, wait, attach.
+
+``magics.py`` only parses the line and calls into a ``Session``, so all of this runs (and is
+tested) in a plain ``InteractiveShell`` or none at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .api.errors import AtaiError, ConfigError, NotFound
+from .config import Settings
+from .jobs import Job, JobTimeout, Journal, JournalEntry
+
+if TYPE_CHECKING:
+    from .api.client import Client
+    from .spec import ClientResolver
+
+__all__ = ["CellOptions", "JobFailed", "OptionsError", "Session", "parse_cell_options"]
+
+Print = Callable[[str], None]
+CONNECTION_SETTINGS = frozenset({"endpoint", "api_key_env", "local_home", "local_concurrency"})
+
+
+class OptionsError(AtaiError):
+    """The magic's line has an option it does not know, or a bad value."""
+
+
+class JobFailed(AtaiError):
+    """A job waited for ended FAILED or CANCELLED; the cell fails so CI notices."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit the kernel
+        raise OptionsError(f"{message}\nusage: {self.format_usage().strip()[7:]}")
+
+
+def _job_parser() -> _Parser:
+    parser = _Parser(prog="%%atai_job", add_help=False)
+    parser.add_argument("var", nargs="?", help="variable that receives the Job handle")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--wait", action="store_true")
+    parser.add_argument("--timeout", type=float)
+    parser.add_argument("--poll", type=float)
+    parser.add_argument("--no-card", action="store_true")
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    var: str | None = None
+    dry_run: bool = False
+    wait: bool = False
+    timeout: float | None = None
+    poll: float | None = None
+    no_card: bool = False
+    force: bool = False
+    quiet: bool = False
+
+
+def parse_cell_options(line: str) -> CellOptions:
+    """The options of ``%%atai_job [VAR] [--dry-run] [--wait] ...``."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OptionsError(f"cannot read the options: {exc}") from None
+    args = _job_parser().parse_args(words)
+    if args.var is not None and not args.var.isidentifier():
+        raise OptionsError(f"{args.var!r} is not a valid variable name")
+    return CellOptions(**vars(args))
+
+
+class Session:
+    """The extension's connection to one backend, made on first use."""
+
+    def __init__(self, settings: Settings, *, say: Print = print) -> None:
+        self.settings = settings
+        self.say = say
+        self._client: Client | None = None
+        self._resolver: ClientResolver | None = None
+        self._local: Future[Any] | None = None
+        self._lock = threading.Lock()
+
+    # --- the backend ------------------------------------------------------------------------
+
+    def announce(self) -> str:
+        """One line saying which backend the magics use (and how to switch)."""
+        backend = self.settings.backend()
+        if backend.is_local:
+            return (
+                "atai_magics: using the embedded LOCAL backend (no ATAI_API_KEY set); "
+                "set ATAI_API_KEY to use the Archetype AI platform."
+            )
+        where = backend.endpoint or "the Archetype AI platform"
+        return f"atai_magics: using {where} (key from ${backend.key_env})."
+
+    def start_local_in_background(self) -> None:
+        """Begin starting the local backend now, so the first cell does not wait for it."""
+        if not self.settings.backend().is_local or self._local is not None:
+            return
+        future: Future[Any] = Future()
+        self._local = future
+
+        def start() -> None:
+            try:
+                from .local import server
+
+                future.set_result(
+                    server.start(
+                        self.settings.local_home, concurrency=self.settings.local_concurrency
+                    )
+                )
+            except BaseException as exc:  # surfaced to the first cell that needs it
+                future.set_exception(exc)
+
+        threading.Thread(target=start, name="atai-local-start", daemon=True).start()
+
+    @property
+    def client(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> Client:
+        from .api.client import Client
+
+        backend = self.settings.backend()
+        if not backend.is_local:
+            import os
+
+            key_env = backend.key_env or "ATAI_API_KEY"
+            return Client(backend.endpoint, api_key=os.environ.get(key_env) or None)
+        self.start_local_in_background()
+        assert self._local is not None
+        try:
+            info = self._local.result(timeout=60)
+        except Exception as exc:
+            self._local = None
+            raise ConfigError(f"The local backend could not start: {exc}") from None
+        return Client(info.url, api_key=info.token())
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.base_url
+
+    @property
+    def connected_endpoint(self) -> str | None:
+        """The API root in use, without connecting (None before the first use)."""
+        return self._client.base_url if self._client is not None else None
+
+    @property
+    def backend_label(self) -> str:
+        """``LOCAL`` for the embedded backend, else the API host."""
+        if self.settings.backend().is_local:
+            return "LOCAL"
+        return httpx.URL(self.endpoint).host
+
+    @property
+    def resolver(self) -> ClientResolver:
+        if self._resolver is None:
+            from .spec import ClientResolver
+
+            self._resolver = ClientResolver(self.client)
+        return self._resolver
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.settings.journal_path())
+
+    def change(self, name: str, value: Any) -> None:
+        """Change a setting; the next use reconnects if it changes where jobs go.
+
+        The old client is not closed: Job handles made with it keep working.
+        """
+        self.settings.set(name, value)
+        if name in CONNECTION_SETTINGS:
+            self.reset()
+
+    def reset(self) -> None:
+        """Forget the connection, so the next use connects with the current settings."""
+        with self._lock:
+            self._client = None
+            self._resolver = None
+            self._local = None
+
+    # --- the cell ---------------------------------------------------------------------------
+
+    def run_cell(
+        self,
+        cell: str,
+        options: CellOptions,
+        namespace: Mapping[str, Any],
+        *,
+        notebook: str | None = None,
+        cell_id: str | None = None,
+    ) -> Job | dict[str, Any]:
+        """Validate, then (unless a dry run) submit, or re-attach to this cell's live job.
+
+        Returns the exact JSON body for a dry run, else the Job handle. Nothing is sent
+        when the cell is invalid: every check happens before the create request.
+        """
+        from .spec import parse_cell, validate
+
+        spec = parse_cell(cell, namespace)
+        body = validate(spec, self.resolver)
+        if options.dry_run:
+            return body
+        job = None if options.force else self._live_job_of(spec.spec_hash)
+        if job is not None:
+            self._note(
+                options,
+                f"Attached to live job {job.id} submitted from this unchanged cell "
+                "(--force submits it again).",
+            )
+        else:
+            record = self.client.create_job(body)
+            self.journal.record(
+                JournalEntry(
+                    record.id, record.name, self.endpoint, spec.spec_hash, notebook, cell_id
+                )
+            )
+            job = Job(record, self.client)
+            self._note(options, f"Submitted {record.name!r} to {self.backend_label}:")
+            self._note(options, record.id)
+        return job
+
+    def _live_job_of(self, spec_hash: str) -> Job | None:
+        entry = self.journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
+        if entry is None:
+            return None
+        try:
+            job = Job.attach(entry.job_id, self.client)
+        except NotFound:
+            return None
+        return None if job.done else job
+
+    def _note(self, options: CellOptions, text: str) -> None:
+        if not options.quiet:
+            self.say(text)
+
+    def wait(self, job: Job, options: CellOptions) -> Job:
+        """Block until the job ends; Ctrl-C cancels the remote job and re-raises."""
+        timeout = options.timeout if options.timeout is not None else self.settings.timeout
+        interactive = sys.stdout.isatty()
+        last: list[str] = []
+
+        def progress(j: Job) -> None:
+            line = _progress_line(j)
+            if interactive and not options.quiet and line not in last:
+                sys.stdout.write("\r" + line.ljust(72))
+                sys.stdout.flush()
+                last[:] = [line]
+
+        try:
+            job.wait(timeout=timeout, poll=options.poll or self.settings.poll, on_change=progress)
+        except KeyboardInterrupt:
+            outcome = job.cancel()
+            self.say(f"\nInterrupted: job {job.id} {outcome}.")
+            raise
+        except JobTimeout:
+            raise JobFailed(
+                f"Job {job.id} is still {job.status.value} after {timeout} s; it keeps running "
+                f"(attach with `%atai_job attach {job.id}`)."
+            ) from None
+        if interactive and last:
+            sys.stdout.write("\n")
+        self._note(options, f"Finished: {job.summary}.")
+        if job.status.value in ("FAILED", "CANCELLED"):
+            raise JobFailed(_failure_text(job))
+        return job
+
+    # --- line commands ----------------------------------------------------------------------
+
+    def attach(self, job_id: str) -> Job:
+        return Job.attach(job_id, self.client)
+
+    def notebook_jobs(self, notebook: str | None) -> list[JournalEntry]:
+        return self.journal.for_notebook(notebook, endpoint=self.endpoint)
+
+
+def _progress_line(job: Job) -> str:
+    counts = job.record.input_progress
+    done = f" inputs {counts.completed + counts.failed}/{counts.total}" if counts else ""
+    return f"{job.id}: {job.summary}{done}"
+
+
+def _failure_text(job: Job) -> str:
+    error = job.record.error
+    detail = ""
+    if isinstance(error, dict):
+        detail = str(error.get("message") or json.dumps(error))
+    elif error:
+        detail = str(error)
+    head = f"Job {job.name!r} ended {job.status.value}"
+    return f"{head}: {detail}\n{job.id}" if detail else f"{head}\n{job.id}"

@@ -1,0 +1,207 @@
+"""``%%atai_job`` in a real InteractiveShell, against the real local backend over a socket."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atai_magics.api import models as m
+from atai_magics.jobs import Job
+from atai_magics.magics import AtaiMagics
+from atai_magics.session import JobFailed, OptionsError
+from atai_magics.spec import SpecError
+from tests.conftest import LocalBackend
+
+
+@pytest.fixture
+def shell(
+    local_backend: LocalBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ipython: Any,
+) -> Iterator[Any]:
+    """A shell with fresh magics bound to the session's backend and a private journal."""
+    monkeypatch.delenv("ATAI_API_KEY", raising=False)
+    monkeypatch.delenv("ATAI_API_ENDPOINT", raising=False)
+    monkeypatch.delenv("ATAI_MAGICS_WAIT", raising=False)
+    ip = ipython
+    magics = AtaiMagics(ip)
+    magics.session.settings.local_home = str(local_backend.info.home)
+    magics.session.settings.journal = str(tmp_path / "journal.jsonl")
+    ip.register_magics(magics)
+    ip.user_ns["magics"] = magics
+    yield ip
+    client = magics.session.client
+    for status in ("PENDING", "ADMITTED", "RUNNING"):  # free the shared backend's slots
+        for job in client.iter_jobs(status=status):
+            if job.pipeline_key == "slow-test":
+                client.cancel_job(job.id)
+    magics.session.reset()
+
+
+def _files(client: Any, tag: str) -> tuple[str, str, str]:
+    saw = "ts,x\n" + "".join(f"{i},{i % 5}\n" for i in range(80))
+    ramp = "ts,x\n" + "".join(f"{i},{i / 80:.4f}\n" for i in range(80))
+    names = (f"saw-{tag}.csv", f"ramp-{tag}.csv", f"inf-{tag}.csv")
+    for name, text in zip(names, (saw, ramp, ramp), strict=True):
+        client.upload_bytes(text.encode(), name)
+    return names
+
+
+def _cell(tag: str, window: str = "{{ win }}") -> str:
+    return f"""name: magic-{tag}
+pipeline: machine-state-classification
+inputs:
+  worker.inference: [inf-{tag}.csv]
+  worker.n_shots:
+    - {{file_id: saw-{tag}.csv, class: saw}}
+    - {{file_id: ramp-{tag}.csv, class: ramp}}
+config:
+  reader_config:
+    data_columns: {{{{ columns }}}}
+    timestamp_column: ts
+    window_size: {window}
+    step_size: 1
+"""
+
+
+def _jobs_named(client: Any, name: str) -> list[m.JobRecord]:
+    return [j for j in client.iter_jobs(q=name) if j.name == name]
+
+
+def test_a_cell_submits_waits_and_binds_var(shell: Any, capsys: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    _files(client, tag)
+    shell.user_ns.update(win=8, columns=["x"])
+    shell.run_cell_magic("atai_job", "job --wait", _cell(tag))
+    job = shell.user_ns["job"]
+    assert isinstance(job, Job) and job.status == m.JobStatus.COMPLETED
+    out = capsys.readouterr().out
+    assert f"Submitted 'magic-{tag}' to LOCAL:\n{job.id}\n" in out
+    assert "Finished: completed." in out
+    sent = client.get_job(job.id).parameters["worker"].config["reader_config"]
+    assert sent == {
+        "data_columns": ["x"],
+        "timestamp_column": "ts",
+        "window_size": 8,
+        "step_size": 1,
+    }
+
+
+def test_dry_run_sends_no_job(shell: Any, capsys: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    _files(client, tag)
+    shell.user_ns.update(win=16, columns=["x"])
+    result = shell.run_cell_magic("atai_job", "dry_job --dry-run", _cell(tag))
+    assert result is None and "dry_job" not in shell.user_ns
+    out = capsys.readouterr().out
+    assert '"window_size": 16' in out and '"pipeline_type": "batch"' in out
+    assert _jobs_named(client, f"magic-{tag}") == []
+
+
+def test_a_bad_cell_fails_with_its_line_and_sends_nothing(shell: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    _files(client, tag)
+    shell.user_ns.update(columns=["x"])
+    with pytest.raises(SpecError) as info:
+        shell.run_cell_magic("atai_job", "", _cell(tag, window="{{ windw }}"))
+    assert "line 12" in str(info.value) and "did you mean" in str(info.value)
+    assert _jobs_named(client, f"magic-{tag}") == []
+    with pytest.raises(OptionsError):
+        shell.run_cell_magic("atai_job", "--wiat", _cell(tag))
+
+
+def _slow_cell(tag: str, seconds: int = 600) -> str:
+    return f"""name: slow-{tag}
+pipeline: slow-test
+inputs:
+  worker.data: [slow-{tag}.txt]
+config:
+  seconds: {seconds}
+"""
+
+
+def test_rerun_of_an_unchanged_live_cell_attaches(shell: Any, capsys: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+    shell.run_cell_magic("atai_job", "first", _slow_cell(tag))
+    shell.run_cell_magic("atai_job", "second", _slow_cell(tag))
+    first, second = shell.user_ns["first"], shell.user_ns["second"]
+    assert first.id == second.id
+    assert f"Attached to live job {first.id}" in capsys.readouterr().out
+    shell.run_cell_magic("atai_job", "third --force", _slow_cell(tag))
+    third = shell.user_ns["third"]
+    assert third.id != first.id
+    assert len(_jobs_named(client, f"slow-{tag}")) == 2
+    for job in (first, third):
+        job.cancel()
+
+
+def test_ctrl_c_while_waiting_cancels_the_remote_job(shell: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            jobs = _jobs_named(client, f"slow-{tag}")
+            if jobs and jobs[0].status == m.JobStatus.RUNNING:
+                _thread.interrupt_main()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_cell_magic("atai_job", "job --wait --poll 0.1 --timeout 90", _slow_cell(tag))
+    (job,) = _jobs_named(client, f"slow-{tag}")
+    assert job.status == m.JobStatus.CANCELLED
+    assert shell.user_ns["job"].id == job.id  # VAR is bound even though the cell failed
+
+
+def test_a_failed_job_fails_the_cell(shell: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    cell = _slow_cell(tag).replace("seconds: 600", "fail: deliberate failure")
+    with pytest.raises(JobFailed, match="deliberate failure"):
+        shell.run_cell_magic("atai_job", "job --wait", cell)
+    assert shell.user_ns["job"].status == m.JobStatus.FAILED
+
+
+def test_attach_after_a_restart_lists_the_journal(shell: Any, capsys: Any) -> None:
+    client = shell.user_ns["magics"].session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+    shell.run_cell_magic("atai_job", "job", _slow_cell(tag))
+    job_id = shell.user_ns["job"].id
+    journal = shell.user_ns["magics"].session.settings.journal
+
+    restarted = AtaiMagics(shell)  # a new kernel: nothing in memory but the journal on disk
+    restarted.session.settings.local_home = shell.user_ns["magics"].session.settings.local_home
+    restarted.session.settings.journal = journal
+    shell.register_magics(restarted)
+    shell.user_ns.pop("job")
+    capsys.readouterr()
+    shell.run_line_magic("atai_job", "attach")
+    assert job_id in capsys.readouterr().out
+    shell.run_line_magic("atai_job", f"attach {job_id} again")
+    assert shell.user_ns["again"].id == job_id
+    shell.run_line_magic("atai_job", f"cancel {job_id}")
+    assert client.get_job(job_id).status == m.JobStatus.CANCELLED
+    shell.run_line_magic("atai_job", f"status {job_id}")
+    assert "cancelled" in capsys.readouterr().out
+    restarted.session.reset()
