@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from atai_magics import Client
@@ -21,6 +22,13 @@ class LocalBackend:
 
     def client(self) -> Client:
         return Client(self.info.url, api_key=self.info.token())
+
+    def handled(self, handler: str) -> int:
+        """How many requests reached ``handler`` (e.g. ``create_job``), counted by the backend."""
+        root = self.info.url.rsplit("/v0.5", 1)[0]
+        auth = {"Authorization": f"Bearer {self.info.token()}"}
+        counts: dict[str, int] = httpx.get(f"{root}/_local/requests", headers=auth).json()
+        return counts.get(handler, 0)
 
 
 def plugin_pythonpath(site: Path) -> str:

@@ -76,11 +76,14 @@ def _jobs_named(client: Any, name: str) -> list[m.JobRecord]:
     return [j for j in client.iter_jobs(q=name) if j.name == name]
 
 
-def test_a_cell_submits_waits_and_binds_var(shell: Any, capsys: Any) -> None:
+def test_a_cell_submits_waits_and_binds_var(
+    shell: Any, capsys: Any, local_backend: LocalBackend
+) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]
     _files(client, tag)
     shell.user_ns.update(win=8, columns=["x"])
+    creates = local_backend.handled("create_job")
     shell.run_cell_magic("atai_job", "job --wait", _cell(tag))
     job = shell.user_ns["job"]
     assert isinstance(job, Job) and job.status == m.JobStatus.COMPLETED
@@ -88,6 +91,7 @@ def test_a_cell_submits_waits_and_binds_var(shell: Any, capsys: Any) -> None:
     assert f"Submitted 'magic-{tag}' to LOCAL:\n{job.id}\n" in out
     assert "Finished: completed." in out
     sent = client.get_job(job.id).parameters["worker"].config["reader_config"]
+    assert local_backend.handled("create_job") == creates + 1
     assert sent == {
         "data_columns": ["x"],
         "timestamp_column": "ts",
@@ -96,26 +100,32 @@ def test_a_cell_submits_waits_and_binds_var(shell: Any, capsys: Any) -> None:
     }
 
 
-def test_dry_run_sends_no_job(shell: Any, capsys: Any) -> None:
+def test_dry_run_sends_no_job(shell: Any, capsys: Any, local_backend: LocalBackend) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]
     _files(client, tag)
     shell.user_ns.update(win=16, columns=["x"])
+    creates = local_backend.handled("create_job")
     result = shell.run_cell_magic("atai_job", "dry_job --dry-run", _cell(tag))
     assert result is None and "dry_job" not in shell.user_ns
     out = capsys.readouterr().out
     assert '"window_size": 16' in out and '"pipeline_type": "batch"' in out
+    assert local_backend.handled("create_job") == creates
     assert _jobs_named(client, f"magic-{tag}") == []
 
 
-def test_a_bad_cell_fails_with_its_line_and_sends_nothing(shell: Any) -> None:
+def test_a_bad_cell_fails_with_its_line_and_sends_nothing(
+    shell: Any, local_backend: LocalBackend
+) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]
     _files(client, tag)
     shell.user_ns.update(columns=["x"])
+    creates = local_backend.handled("create_job")
     with pytest.raises(SpecError) as info:
         shell.run_cell_magic("atai_job", "", _cell(tag, window="{{ windw }}"))
     assert "line 12" in str(info.value) and "did you mean" in str(info.value)
+    assert local_backend.handled("create_job") == creates
     assert _jobs_named(client, f"magic-{tag}") == []
     with pytest.raises(OptionsError):
         shell.run_cell_magic("atai_job", "--wiat", _cell(tag))
@@ -205,3 +215,15 @@ def test_attach_after_a_restart_lists_the_journal(shell: Any, capsys: Any) -> No
     shell.run_line_magic("atai_job", f"status {job_id}")
     assert "cancelled" in capsys.readouterr().out
     restarted.session.reset()
+
+
+def test_config_magic_and_atai_config_change_settings(shell: Any, capsys: Any) -> None:
+    magics = shell.user_ns["magics"]
+    shell.run_line_magic("config", "AtaiMagics.poll = 0.25")
+    assert magics.session.settings.poll == 0.25
+    shell.run_line_magic("atai_config", "timeout=30 wait=always")
+    assert (magics.session.settings.timeout, magics.session.settings.wait) == (30.0, "always")
+    out = capsys.readouterr().out
+    assert "LOCAL (embedded)" in out and "timeout" in out and "30.0" in out
+    with pytest.raises(Exception, match="did you mean 'timeout'"):
+        shell.run_line_magic("atai_config", "timout=3")

@@ -25,6 +25,9 @@ Choices where the platform leaves room (reference §12):
   ``UPLOAD_THREADS`` threads of their own, so slow uploads never take the threads every other
   route needs.
 - ``/v0.5/jos/jobs…`` is an alias of ``/v0.5/batch/jobs…``.
+
+Beyond the platform's API, ``GET /_local/requests`` (Bearer) answers how many authenticated
+requests reached each handler since the server started, so tests count at the backend.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -92,6 +96,8 @@ URL_TTL_SECONDS = 3600.0
 """How long signed URLs stay valid."""
 UPLOAD_THREADS = 8
 """Threads that stream upload bodies; more concurrent uploads wait for one (not a 503)."""
+REQUESTS_PATH = "/_local/requests"
+"""Counts of requests that reached each handler (see the module docstring)."""
 MAX_INT_PARAM = 2**63
 """Integer query parameters must be below this (SQLite's INTEGER is 64-bit signed)."""
 _MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file of a simple upload
@@ -410,6 +416,8 @@ class _Backend:
     scheduler: Any = None
     upload_threads: int = UPLOAD_THREADS
     upload_limiter: anyio.CapacityLimiter | None = None
+    handled: Counter[str] = field(default_factory=Counter)
+    """Authenticated requests that reached each handler, by its name (``create_job``…)."""
 
     # --- auth and plumbing ---
 
@@ -435,6 +443,7 @@ class _Backend:
                     )
                 elif not self.authorized(request):
                     return error_response(401, "unauthorized", "Invalid or missing API key")
+                self.handled[handler.__name__] += 1
                 return await handler(request)
             except ApiFailure as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.suggestion)
@@ -949,6 +958,11 @@ class _Backend:
             raise ApiFailure(400, "invalid_parameter", "Part is larger than announced") from None
         return Response(status_code=200, headers={"ETag": _quoted(etag)})
 
+    async def request_counts(self, request: Request) -> Response:
+        """What reached the app, by handler: lets tests and soak runs count at the backend
+        (a dry run sends no ``create_job``; a flaky network never creates a job twice)."""
+        return JSONResponse(dict(self.handled))
+
     # --- routes ---
 
     def routes(self) -> list[BaseRoute]:
@@ -1015,6 +1029,7 @@ class _Backend:
             ),
             Route(f"{uploads}/{{upload_id}}/complete", e(self.complete), methods=["POST"]),
             Route(f"{uploads}/{{upload_id}}/abort", e(self.abort), methods=["POST"]),
+            Route(REQUESTS_PATH, e(self.request_counts), methods=["GET"]),
         ]
         return routes
 
