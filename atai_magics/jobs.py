@@ -283,36 +283,49 @@ class JournalEntry:
 
 
 class Journal:
-    """An append-only JSON-lines file; each line is flushed and fsynced before returning."""
+    """An append-only JSON-lines file; each line is flushed and fsynced before returning.
+
+    Entries are read once and then only the new tail of the file, so a long journal costs
+    nothing per cell. Other kernels may append to the same file at the same time.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._entries: list[JournalEntry] = []
+        self._offset = 0
 
     def record(self, entry: JournalEntry) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(asdict(entry), sort_keys=True) + "\n"
+        line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line.encode("utf-8"))
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a line torn by a crash must not swallow this one
+                os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
 
     def entries(self) -> list[JournalEntry]:
         """Every entry, oldest first; a line torn by a crash is skipped."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in text.splitlines():
+        with self._lock:
             try:
-                entries.append(JournalEntry(**json.loads(line)))
-            except (ValueError, TypeError):
-                continue
-        return entries
+                with self.path.open("rb") as file:
+                    file.seek(self._offset)
+                    tail = file.read()
+            except FileNotFoundError:
+                return []
+            complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written waits
+            self._offset += len(complete)
+            for line in complete.splitlines():
+                try:
+                    self._entries.append(JournalEntry(**json.loads(line)))
+                except (ValueError, TypeError):
+                    continue
+            return list(self._entries)
 
     def find(self, *, endpoint: str, spec_hash: str) -> JournalEntry | None:
         """The newest job submitted from the same spec to the same endpoint."""

@@ -88,13 +88,10 @@ class AtaiMagics(Magics):
     journal = Unicode(None, allow_none=True, help="Journal path").tag(config=True)
 
     def __init__(self, shell: Any, **kwargs: Any) -> None:
-        super().__init__(shell, **kwargs)
         settings = Settings()
         load_pyproject_settings(settings)
-        for name in Settings.names():  # traits set by %config before loading win
-            if self.trait_has_value(name):
-                settings.set(name, getattr(self, name))
         self.session = Session(settings)
+        super().__init__(shell, **kwargs)  # %config values arrive through _setting_changed
 
     @property
     def _ns(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ tested) in a plain ``InteractiveShell`` or none at all.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -15,15 +16,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from .api.errors import AtaiError, ConfigError, NotFound
 from .config import Settings
-from .jobs import Job, JobTimeout, Journal, JournalEntry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded on first use, so that %load_ext stays cheap
     from .api.client import Client
+    from .jobs import Job, Journal, JournalEntry
     from .spec import ClientResolver
 
 __all__ = ["CellOptions", "JobFailed", "OptionsError", "Session", "parse_cell_options"]
@@ -45,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
         raise OptionsError(f"{message}\nusage: {self.format_usage().strip()[7:]}")
 
 
+@functools.cache
 def _job_parser() -> _Parser:
     parser = _Parser(prog="%%atai_job", add_help=False)
     parser.add_argument("var", nargs="?", help="variable that receives the Job handle")
@@ -91,6 +92,7 @@ class Session:
         self._client: Client | None = None
         self._resolver: ClientResolver | None = None
         self._local: Future[Any] | None = None
+        self._journal: Journal | None = None
         self._lock = threading.Lock()
 
     # --- the backend ------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class Session:
         """``LOCAL`` for the embedded backend, else the API host."""
         if self.settings.backend().is_local:
             return "LOCAL"
-        return httpx.URL(self.endpoint).host
+        return urlsplit(self.endpoint).hostname or self.endpoint
 
     @property
     def resolver(self) -> ClientResolver:
@@ -178,7 +180,13 @@ class Session:
 
     @property
     def journal(self) -> Journal:
-        return Journal(self.settings.journal_path())
+        """The journal of the current settings (kept, so it is read incrementally)."""
+        from .jobs import Journal
+
+        path = self.settings.journal_path()
+        if self._journal is None or self._journal.path != path:
+            self._journal = Journal(path)
+        return self._journal
 
     def change(self, name: str, value: Any) -> None:
         """Change a setting; the next use reconnects if it changes where jobs go.
@@ -212,6 +220,7 @@ class Session:
         Returns the exact JSON body for a dry run, else the Job handle. Nothing is sent
         when the cell is invalid: every check happens before the create request.
         """
+        from .jobs import Job, JournalEntry
         from .spec import parse_cell, validate
 
         spec = parse_cell(cell, namespace)
@@ -238,6 +247,8 @@ class Session:
         return job
 
     def _live_job_of(self, spec_hash: str) -> Job | None:
+        from .jobs import Job
+
         entry = self.journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
         if entry is None:
             return None
@@ -253,6 +264,8 @@ class Session:
 
     def wait(self, job: Job, options: CellOptions) -> Job:
         """Block until the job ends; Ctrl-C cancels the remote job and re-raises."""
+        from .jobs import JobTimeout
+
         timeout = options.timeout if options.timeout is not None else self.settings.timeout
         interactive = sys.stdout.isatty()
         last: list[str] = []
@@ -285,6 +298,8 @@ class Session:
     # --- line commands ----------------------------------------------------------------------
 
     def attach(self, job_id: str) -> Job:
+        from .jobs import Job
+
         return Job.attach(job_id, self.client)
 
     def notebook_jobs(self, notebook: str | None) -> list[JournalEntry]:

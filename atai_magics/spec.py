@@ -62,7 +62,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -897,12 +898,17 @@ class ClientResolver:
     """
 
     FEW_FILES = 20
+    FILE_SEEN_SECONDS = 300.0
+    """A file seen this recently is not asked about again: file ids are immutable on the
+    platform, and a file deleted meanwhile is still refused by the server's own check."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        self._clock = clock
         self._schemas: dict[tuple[str, str | None], PipelineSchema] = {}
         self._pipelines: list[Pipeline] | None = None
         self._listed_files: list[str] | None = None
+        self._seen_files: dict[str, float] = {}
 
     def pipelines(self) -> list[Pipeline]:
         """Every published pipeline (listed once)."""
@@ -945,16 +951,22 @@ class ClientResolver:
 
     def missing_files(self, file_ids: list[str]) -> set[str]:
         self._listed_files = None
-        if len(file_ids) < self.FEW_FILES:
+        now = self._clock()
+        unsure = [
+            f for f in file_ids if now - self._seen_files.get(f, -math.inf) > self.FILE_SEEN_SECONDS
+        ]
+        if len(unsure) < self.FEW_FILES:
             missing = set()
-            for file_id in file_ids:
+            for file_id in unsure:
                 try:
                     self._client.get_file_metadata(file_id)
                 except NotFound:
                     missing.add(file_id)
-            return missing
-        self._listed_files = [meta.file_id for meta in self._client.iter_files()]
-        return set(file_ids) - set(self._listed_files)
+        else:
+            self._listed_files = [meta.file_id for meta in self._client.iter_files()]
+            missing = set(unsure) - set(self._listed_files)
+        self._seen_files.update((f, now) for f in unsure if f not in missing)
+        return missing
 
     def known_files(self) -> list[str]:
         """File ids seen by the last `missing_files` (for suggestions); listed if needed."""

@@ -151,6 +151,12 @@ def test_journal_is_durable_and_keeps_no_secrets(tmp_path: Path) -> None:
     with journal.path.open("a") as file:
         file.write('{"job_id": "torn')  # a crash in the middle of a line
     assert [e.job_id for e in journal.entries()] == ["job_1", "job_2", "job_3"]
+    journal.record(JournalEntry("job_4", "d", "http://127.0.0.1:1/v0.5", "h4"))
+    other_kernel = Journal(journal.path)
+    other_kernel.record(JournalEntry("job_5", "e", "http://127.0.0.1:1/v0.5", "h5"))
+    ids = [e.job_id for e in journal.entries()]
+    assert ids == ["job_1", "job_2", "job_3", "job_4", "job_5"]  # the torn line is skipped
+    assert [e.job_id for e in other_kernel.entries()] == ids
     assert journal.find(endpoint="http://127.0.0.1:1/v0.5", spec_hash="h1").job_id == "job_3"
     assert journal.find(endpoint="https://elsewhere/v0.5", spec_hash="h1") is None
     notebook = journal.for_notebook("nb.ipynb", endpoint="http://127.0.0.1:1/v0.5")

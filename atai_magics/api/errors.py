@@ -22,9 +22,10 @@ scrubs it from every text it puts into one.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # errors are imported by the cheap parts of the extension: no httpx there
+    import httpx
 
 __all__ = [
     "AmbiguousCreateError",
