@@ -69,7 +69,7 @@ from atai_magics.local.pipelines import (
     RunContext,
     merge_config,
 )
-from atai_magics.local.store import NotFound, StateConflict, Store, StoreError
+from atai_magics.local.store import NotFound, StaleAttempt, StateConflict, Store, StoreError
 
 __all__ = ["BACKOFF_MESSAGE", "Scheduler"]
 
@@ -172,7 +172,15 @@ def _noop() -> None:
 
 
 class _StoreContext:
-    """The RunContext of a worker: every report goes straight to the store (SQLite WAL)."""
+    """The RunContext of a worker: every report goes straight to the store (SQLite WAL).
+
+    Every write is a guarded worker write for ``attempt``, the job's attempt when the worker
+    was launched (`Store.attempt_of`: ``retry_count + preemption_count``). Once the store
+    refuses one (`StaleAttempt`: the job was cancelled, retried, preempted or deleted), or
+    `cancelled` sees the job is no longer ADMITTED/RUNNING on that attempt, the worker is
+    stale: `cancelled` returns True and every later write is a no-op, so a worker that
+    outlives its attempt can never write into the job, nor into the attempt after it.
+    """
 
     def __init__(
         self,
@@ -182,6 +190,7 @@ class _StoreContext:
         config: dict[str, Any],
         inputs: dict[str, list[InputFile]],
         cancel_event: MpEvent,
+        attempt: int,
     ) -> None:
         self.config = config
         self.inputs = inputs
@@ -189,8 +198,32 @@ class _StoreContext:
         self._store = store
         self._job_id = job_id
         self._cancel_event = cancel_event
+        self._attempt = attempt
         self._checked_at = float("-inf")
         self._stale = False
+
+    def _guarded(self, write: Callable[[], object]) -> None:
+        """Run a guarded write; a refusal because the attempt is over makes the worker stale."""
+        if self._stale:
+            return
+        try:
+            write()
+        except StaleAttempt:
+            self._stale = True
+        except NotFound:  # e.g. the input's job was deleted; anything else is a real error
+            if self._current():
+                raise
+
+    def _current(self) -> bool:
+        """Whether the job is still ADMITTED/RUNNING on this worker's attempt (else stale)."""
+        try:
+            job = self._store.get_job(self._job_id)
+        except NotFound:
+            self._stale = True
+        else:
+            stale = job["status"] not in ACTIVE or Store.attempt_of(job) != self._attempt
+            self._stale = self._stale or stale
+        return not self._stale
 
     def event(
         self,
@@ -202,7 +235,18 @@ class _StoreContext:
         index: int | None = None,
         payload: dict[str, Any] | None = None,
     ) -> None:
-        self._store.add_event(self._job_id, level, event_type, message, payload, input_id, index)
+        self._guarded(
+            lambda: self._store.add_event(
+                self._job_id,
+                level,
+                event_type,
+                message,
+                payload,
+                input_id,
+                index,
+                attempt=self._attempt,
+            )
+        )
 
     def progress(
         self,
@@ -214,29 +258,45 @@ class _StoreContext:
         input_id: str | None = None,
         index: int | None = None,
     ) -> None:
-        self._store.add_progress(
-            self._job_id, kind, step, message, metrics, None, input_id=input_id, index=index
+        self._guarded(
+            lambda: self._store.add_progress(
+                self._job_id,
+                kind,
+                step,
+                message,
+                metrics,
+                None,
+                input_id=input_id,
+                index=index,
+                attempt=self._attempt,
+            )
         )
 
     def input_status(self, input_id: str, status: str, error_message: str | None = None) -> None:
-        self._store.set_input_status(input_id, status, error_message)
+        self._guarded(
+            lambda: self._store.set_input_status(
+                input_id, status, error_message, attempt=self._attempt
+            )
+        )
 
     def write_output(
         self, port_name: str, filename: str, data: bytes, *, input_id: str | None = None
     ) -> None:
-        self._store.add_output(self._job_id, port_name, filename, data, input_id=input_id)
+        self._guarded(
+            lambda: self._store.add_output(
+                self._job_id, port_name, filename, data, input_id=input_id, attempt=self._attempt
+            )
+        )
 
     def cancelled(self) -> bool:
-        """The scheduler's event, or the job's status in the store (read at most every 100 ms)."""
+        """The scheduler's event, or the job's status and attempt in the store (read at most
+        every 100 ms); True for good once the worker is stale."""
         if self._stale or self._cancel_event.is_set():
             return True
         now = time.monotonic()
         if now - self._checked_at >= CANCEL_CACHE_SECONDS:
             self._checked_at = now
-            try:
-                self._stale = self._store.get_job(self._job_id)["status"] not in ACTIVE
-            except NotFound:
-                self._stale = True
+            self._current()
         return self._stale
 
 
@@ -251,14 +311,18 @@ def _worker_main(
     result: multiprocessing.connection.Connection,
     crash_now: bool,
     server_pid: int,
+    attempt: int,
 ) -> None:
-    """Entry point of a worker process: exit 0 on success, 3 after a PipelineFailure."""
+    """Entry point of a worker process: exit 0 on success, 3 after a PipelineFailure.
+
+    ``attempt`` is the job's attempt at launch; the worker's writes are guarded by it.
+    """
     if crash_now:
         os._exit(CRASH_EXIT_CODE)
     threading.Thread(target=_exit_with_server, args=(server_pid,), daemon=True).start()
     store = Store(home)
     try:
-        run(_StoreContext(store, job_id, worker_index, config, inputs, cancel_event))
+        run(_StoreContext(store, job_id, worker_index, config, inputs, cancel_event, attempt))
     except PipelineFailure as exc:
         result.send(str(exc) or type(exc).__name__)
         result.close()
@@ -271,6 +335,7 @@ def _worker_main(
                 "ERROR",
                 "worker.exception",
                 f"Worker {worker_index}: {type(exc).__name__}: {exc}",
+                attempt=attempt,
             )
         store.close()
         raise
@@ -528,6 +593,7 @@ class Scheduler:
                         writer,
                         crash_now,
                         os.getpid(),
+                        Store.attempt_of(job),
                     ),
                     name=f"atai-worker-{job_id}-{index}",
                     daemon=True,

@@ -9,12 +9,25 @@ Layout under ``home``::
 
 Durability rules, so a ``kill -9`` at any moment leaves a consistent store:
 
-- every multi-row change is one SQLite transaction (``BEGIN IMMEDIATE`` … ``COMMIT``);
+- every multi-row change is one SQLite transaction (``BEGIN IMMEDIATE`` … ``COMMIT``); a
+  COMMIT that fails (a deferred constraint, a full disk) is rolled back and its error raised;
 - bytes are streamed to a temporary file (``.tmp-<pid>-<random>``), fsynced, and renamed to
   their final name *while the write transaction that inserts their row is open*. A final-named
   file without a row can therefore only come from a crash between rename and commit; opening the
-  store sweeps those orphans and the temporary files of dead processes, holding the write lock;
+  store sweeps those orphans and the temporary files of dead processes, holding the write lock.
+  Outputs and upload parts are spooled in ``outputs/`` and ``uploads/`` themselves, and their
+  ``<job>``/``<upl>`` directory is created inside that transaction, after checking the job or
+  upload still exists: a late writer never recreates the directory of a deleted one;
 - deleting commits the row removal first and unlinks the bytes afterwards (an orphan at worst).
+
+Connections: a bounded pool (`Store.MAX_IDLE_CONNECTIONS` idle at most); a transaction borrows
+one and gives it back, nested transactions of a thread join the outermost one (tracked by a
+per-thread depth counter), so threads that come and go leak neither connections nor fds.
+
+Input checks: every integer bound into SQL must fit SQLite's signed 64 bits (offsets, limits,
+shard indexes, cursors, sizes), and every string must be encodable (no lone surrogates, which
+JSON bodies can carry): anything else is an InvalidRequest (400), never an OverflowError or
+UnicodeEncodeError (500).
 
 Every dict returned validates with the matching model of ``atai_magics.api.models``. Where the
 server must fill something in (signed ``data.ref`` URLs, ``expires_at``), the store gives a
@@ -29,6 +42,13 @@ Choices for the questions the platform leaves open (reference §12):
 - **State machine.** PENDING→ADMITTED→RUNNING→COMPLETED|FAILED; ADMITTED→FAILED (a worker that
   cannot start); ADMITTED|RUNNING→PREEMPTED→PENDING; cancel from PENDING, ADMITTED, RUNNING or
   PREEMPTED; retry (→PENDING) from FAILED or CANCELLED. See ``LEGAL_TRANSITIONS``.
+- **Attempts.** A job's attempt is ``retry_count + preemption_count`` (`Store.attempt_of`):
+  every admission after the first follows a retry or a preemption, which bump one of them, so
+  it names the admission uniquely (no extra column). Worker writes pass ``attempt=`` to
+  `add_event`/`add_progress`/`set_input_status`/`add_output`; inside the write's transaction
+  the job must be ADMITTED or RUNNING on that attempt, else `StaleAttempt` (409) and nothing is
+  written: a worker of a cancelled, retried or preempted attempt cannot touch the job (nor the
+  attempt after it). Writes without ``attempt`` (the scheduler's, the routes') are unguarded.
 - **Retry** keeps the job id, increments ``retry_count``, clears the terminal timestamps,
   ``started_at`` (so it is the start of the current attempt) and ``error``, and resets tracked
   inputs to ``pending``. Outputs, events and progress of earlier attempts are *kept* (appended
@@ -45,8 +65,18 @@ Choices for the questions the platform leaves open (reference §12):
   (the local backend ingests synchronously); the upload-complete response says ``Ingested``.
   ``file_index`` is a stable 0-based registration counter. The cursor list is newest first;
   shards are oldest first (stable as files are added); shard ``-1`` means "all", capped at 1000.
+- **File ids** refuse path separators, leading dots, surrounding whitespace, over 255 UTF-8
+  bytes, lone surrogates and characters of Unicode categories Cc, Cf (bidi overrides, zero
+  width characters, BOM), Zl and Zp (see `validate_file_id`).
 - **Direct uploads** number parts from **1**, like production (§10.8); part URLs are relative
-  API paths for the server to sign; ``integrity_algorithm`` is ``none``.
+  API paths for the server to sign; ``integrity_algorithm`` is ``none``. Completing first marks
+  the upload *completing* (``<pid>-<token>`` of the completer, schema 2) in a write
+  transaction; while it assembles the parts, abort, part PUTs, checkpoints and a second
+  complete answer 409, and a failed assembly (a part file missing: 409) clears the mark, the
+  upload staying in progress. A mark whose process is dead is void (``get_upload`` shows
+  ``status`` ``completing`` while a live mark stands). The complete response's
+  ``file_attributes`` are the CSV attributes for a CSV file and
+  ``{"metadata_status": "not_extracted"}`` for any other (the stored FileMeta keeps ``{}``).
 """
 
 from __future__ import annotations
@@ -57,14 +87,15 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import mimetypes
 import os
+import queue
 import secrets
 import shutil
 import sqlite3
 import threading
 import time
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -86,6 +117,7 @@ __all__ = [
     "InvalidFileId",
     "InvalidRequest",
     "NotFound",
+    "StaleAttempt",
     "StateConflict",
     "Store",
     "StoreError",
@@ -100,12 +132,14 @@ JSON = dict[str, Any]
 Source = bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes] | Iterable[bytes]
 Clock = Callable[[], datetime]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 API_PREFIX = "/v0.5"
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MAX_PAGE = 1000
 UPLOAD_TTL = timedelta(days=7)
 _CHUNK = 1024 * 1024
+_MAX_INT = 2**63 - 1  # SQLite integers are signed 64-bit
+_MIN_INT = -(2**63)
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 24 * 3600.0  # where liveness of a pid cannot be checked (Windows)
 
@@ -186,6 +220,15 @@ class StateConflict(StoreError):
     code = "conflict"
 
 
+class StaleAttempt(StateConflict):
+    """A worker write for an attempt that is over (job cancelled, retried, preempted, gone).
+
+    The worker that gets it must stop: nothing it writes can belong to the job any more.
+    """
+
+    code = "stale_attempt"
+
+
 class FileExists(StateConflict):
     """A file_id is taken: file ids are unique and immutable (reference §1.3)."""
 
@@ -228,26 +271,64 @@ def validate_file_id(name: object) -> str:
 
     File ids are user-chosen filenames that end up in URLs, listings and local paths of
     whoever downloads them, so anything that could act as a path (separators, ``..``, hidden
-    or dot-only names), break a protocol (NUL, control characters) or a filesystem (over 255
-    bytes, unencodable text) is refused.
+    or dot-only names), break a protocol (NUL, control characters), disguise itself (bidi
+    overrides and other invisible format characters: Unicode categories Cc, Cf, Zl, Zp) or
+    break a filesystem (over 255 bytes, unencodable text such as lone surrogates) is refused.
     """
     if not isinstance(name, str) or not name:
         raise InvalidFileId("File id must be a non-empty string")
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidFileId("File id must be valid UTF-8 text") from None
-    if len(encoded) > 255:
+    _require_text(name, "File id", InvalidFileId)
+    if len(name.encode("utf-8")) > 255:
         raise InvalidFileId("File id must be at most 255 bytes long")
     if "/" in name or "\\" in name:
         raise InvalidFileId(f"File id must not contain a path separator: {name!r}")
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+    categories = {unicodedata.category(ch) for ch in name}
+    if "Cc" in categories:
         raise InvalidFileId(f"File id must not contain control characters: {name!r}")
+    if categories & {"Cf", "Zl", "Zp"}:
+        raise InvalidFileId(
+            f"File id must not contain invisible format or line separator characters: {name!r}"
+        )
     if name.startswith("."):
         raise InvalidFileId(f"File id must not start with a dot: {name!r}")
     if name.strip() != name:
         raise InvalidFileId(f"File id must not start or end with whitespace: {name!r}")
     return name
+
+
+def _require_text(value: Any, what: str, error: type[InvalidRequest] = InvalidRequest) -> None:
+    """Refuse strings SQLite cannot store (lone surrogates such as ``"\\ud800"``, which JSON
+    bodies can carry), anywhere inside ``value`` (mapping keys and values, lists, tuples)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise error(f"{what} must be valid Unicode text (no lone surrogates)") from None
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _int_arg(value: Any, what: str, minimum: int = 0, maximum: int = _MAX_INT) -> int:
+    """``value`` if it is an integer in ``minimum..maximum`` (within SQLite's 64-bit range),
+    else InvalidRequest (400) rather than an OverflowError (500) when binding it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what} must be an integer")
+    if not minimum <= value <= maximum:
+        if value < minimum and minimum == 0:
+            raise InvalidRequest(f"{what} must not be negative")
+        raise InvalidRequest(f"{what} must be between {minimum} and {maximum}")
+    return value
+
+
+def _opt_sql_int(value: Any, what: str) -> int | None:
+    """An optional integer column value: None, or an integer SQLite can store."""
+    return None if value is None else _int_arg(value, what, _MIN_INT)
 
 
 def _dumps(value: Any) -> str:
@@ -271,15 +352,11 @@ def _page_limit(limit: int | None) -> int:
     """SQL LIMIT for an API limit: None means all rows."""
     if limit is None:
         return -1
-    if limit < 0:
-        raise InvalidRequest("limit must not be negative")
-    return limit
+    return _int_arg(limit, "limit")
 
 
 def _check_offset(offset: int) -> int:
-    if offset < 0:
-        raise InvalidRequest("offset must not be negative")
-    return offset
+    return _int_arg(offset, "offset")
 
 
 def _strip_token(token: str) -> str:
@@ -383,10 +460,13 @@ def _encode_cursor(seq: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("f"):
+        if not raw.startswith("f") or not raw[1:].isdigit():
             raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        seq = int(raw[1:])
+        if seq > _MAX_INT:
+            raise ValueError(raw)
+        return seq
+    except (ValueError, binascii.Error, UnicodeDecodeError, UnicodeEncodeError):
         raise InvalidRequest(f"Invalid cursor: {cursor!r}") from None
 
 
@@ -540,7 +620,13 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Uploads get a ``completing`` marker (``<pid>-<token>`` of the completer, and when)."""
+    conn.execute("ALTER TABLE uploads ADD COLUMN completing TEXT")
+    conn.execute("ALTER TABLE uploads ADD COLUMN completing_at TEXT")
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 """``_MIGRATIONS[v]`` brings a store at ``user_version`` v to v + 1."""
 
 
@@ -574,13 +660,18 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class Store:
-    """The local backend's state. Thread-safe: one SQLite connection per thread.
+    """The local backend's state. Thread-safe: a bounded pool of SQLite connections.
 
-    Writes from threads of one process are serialised by a lock (no busy-waiting); writes from
-    other processes wait on SQLite's lock (``busy_timeout``). Connections live until
-    ``close()``, which suits a server's fixed thread pool. Several processes may open the same
-    home; opening sweeps only what crashed writers left behind.
+    A transaction borrows a connection from the pool for its duration (nested ``_tx`` calls on
+    the same thread join it) and gives it back at the end; at most ``MAX_IDLE_CONNECTIONS``
+    idle connections are kept, extras are closed, so threads that come and go (an ASGI thread
+    pool) never leak connections or file descriptors. Writes from threads of one process are
+    serialised by a lock (no busy-waiting); writes from other processes wait on SQLite's lock
+    (``busy_timeout``). Several processes may open the same home; opening sweeps only what
+    crashed writers left behind.
     """
+
+    MAX_IDLE_CONNECTIONS = 16
 
     def __init__(self, home: Path | str, *, clock: Clock | None = None) -> None:
         self.home = Path(home)
@@ -593,60 +684,127 @@ class Store:
         self._clock: Clock = clock or _utcnow
         self._local = threading.local()
         self._wlock = threading.RLock()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._open = 0  # connections open: idle in the pool plus borrowed
+        self._pool_lock = threading.Lock()
         self._closed = False
-        conn = self._conn()
-        migrate(conn)
-        self.org_id: str = conn.execute("SELECT value FROM meta WHERE key='org_id'").fetchone()[0]
-        self._sweep()
+        try:
+            conn = self._borrow()
+            try:
+                migrate(conn)  # its own transactions, one per step
+                org = conn.execute("SELECT value FROM meta WHERE key='org_id'").fetchone()
+            finally:
+                self._give_back(conn)
+            self.org_id: str = org[0]
+            self._sweep()
+        except BaseException:
+            self.close()
+            raise
 
     # --- connections and transactions ---
 
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection (created on first use)."""
-        if self._closed:
-            raise StoreError("The store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.db_path, isolation_level=None, check_same_thread=False, timeout=60.0
-            )
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.db_path, isolation_level=None, check_same_thread=False, timeout=60.0
+        )
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _borrow(self) -> sqlite3.Connection:
+        """An idle connection from the pool, or a new one."""
+        if self._closed:
+            raise StoreError("The store is closed")
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        conn = self._connect()
+        with self._pool_lock:
+            self._open += 1
+        return conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        """Return a borrowed connection; closed instead if the pool is full, the store closed,
+        or the connection is still inside a transaction (it could not be rolled back)."""
+        with self._pool_lock:
+            keep = (
+                not self._closed
+                and not conn.in_transaction
+                and self._pool.qsize() < self.MAX_IDLE_CONNECTIONS
+            )
+            if keep:
+                self._pool.put_nowait(conn)
+                return
+            self._open -= 1
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def connection_count(self) -> int:
+        """How many SQLite connections this store has open (idle in the pool or borrowed)."""
+        with self._pool_lock:
+            return self._open
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction: all or nothing. Nested use joins the outer transaction."""
-        conn = self._conn()
-        if conn.in_transaction:
-            yield conn
-            return
-        lock: contextlib.AbstractContextManager[Any] = (
-            self._wlock if write else contextlib.nullcontext()
-        )
-        with lock:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        """One transaction: all or nothing. Nested use (same thread) joins the outer one.
+
+        Nesting is tracked by a per-thread depth counter, never by ``in_transaction``: a
+        connection is only ever shared by the frames of one outermost transaction. If COMMIT
+        fails (a deferred constraint, a full disk), the transaction is rolled back and the
+        error re-raised, so nothing later can silently join a transaction that stayed open.
+        """
+        local = self._local
+        depth: int = getattr(local, "depth", 0)
+        if depth:
+            local.depth = depth + 1
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                yield local.conn
+            finally:
+                local.depth = depth
+            return
+        conn = self._borrow()
+        local.conn, local.depth = conn, 1
+        try:
+            lock: contextlib.AbstractContextManager[Any] = (
+                self._wlock if write else contextlib.nullcontext()
+            )
+            with lock:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+        finally:
+            local.conn, local.depth = None, 0
+            self._give_back(conn)
 
     def close(self) -> None:
-        """Close every thread's connection (checkpointing the WAL when possible)."""
-        self._closed = True
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
+        """Close the idle connections; borrowed ones are closed when given back."""
+        with self._pool_lock:
+            self._closed = True
+        while True:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                break
+            with self._pool_lock:
+                self._open -= 1
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
@@ -665,10 +823,10 @@ class Store:
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check`` plus a foreign key check: ``"ok"`` when healthy."""
-        conn = self._conn()
-        result = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        if result == "ok" and conn.execute("PRAGMA foreign_key_check").fetchone():
-            return "foreign key violations"
+        with self._tx(write=False) as conn:
+            result = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+            if result == "ok" and conn.execute("PRAGMA foreign_key_check").fetchone():
+                return "foreign key violations"
         return result
 
     # --- crash recovery of bytes ---
@@ -691,8 +849,8 @@ class Store:
                     self._sweep_dir(directory, out_ids.get(directory.name, set()))
                 elif directory.is_dir():
                     shutil.rmtree(directory, ignore_errors=True)
-                else:
-                    directory.unlink(missing_ok=True)
+                elif not directory.name.startswith(_TMP_PREFIX) or _tmp_is_stale(directory):
+                    directory.unlink(missing_ok=True)  # outputs are spooled here
             parts: dict[str, set[str]] = {}
             for upload_id, number in conn.execute(
                 "SELECT p.upload_id, p.part_number FROM upload_parts p "
@@ -705,8 +863,8 @@ class Store:
                     self._sweep_dir(directory, parts.get(directory.name, set()))
                 elif directory.is_dir():
                     shutil.rmtree(directory, ignore_errors=True)
-                else:
-                    directory.unlink(missing_ok=True)
+                elif not directory.name.startswith(_TMP_PREFIX) or _tmp_is_stale(directory):
+                    directory.unlink(missing_ok=True)  # parts are spooled here
 
     @staticmethod
     def _sweep_dir(directory: Path, keep: set[str]) -> None:
@@ -887,6 +1045,7 @@ class Store:
         """
         if not isinstance(request, Mapping):  # a JobRequest model: use its JSON form
             request = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        _require_text(request, "The job request")
         try:
             name = str(request["name"])
             pipeline_key = str(request["pipeline_key"])
@@ -1021,6 +1180,8 @@ class Store:
         limit: int | None = 100,
     ) -> JSON:
         """A JobList page, newest first; ``q`` is a case-insensitive substring of the name."""
+        _require_text([pipeline_type, status, q], "Job filters")
+        limit_sql, offset = _page_limit(limit), _check_offset(offset)
         where: list[str] = []
         params: list[Any] = []
         if pipeline_type:
@@ -1037,7 +1198,7 @@ class Store:
             total = conn.execute(f"SELECT COUNT(*) FROM jobs{clause}", params).fetchone()[0]
             rows = conn.execute(
                 f"SELECT * FROM jobs{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                [*params, _page_limit(limit), _check_offset(offset)],
+                [*params, limit_sql, offset],
             ).fetchall()
             jobs = self._job_dicts(conn, rows, with_progress=True)
         return {"total": total, "offset": offset, "limit": limit, "jobs": jobs}
@@ -1124,6 +1285,31 @@ class Store:
         if event is not None:
             level, event_type, message = event
             self._insert_event(conn, job_id, level, event_type, message, None, None, None)
+
+    @staticmethod
+    def attempt_of(job: Mapping[str, Any]) -> int:
+        """The attempt a job (dict or row) is on: ``retry_count + preemption_count``.
+
+        Every admission after the first follows a retry or a preemption, each of which bumps
+        one of the two counters, so the sum names the current admission uniquely and only grows.
+        """
+        return int(job["retry_count"]) + int(job["preemption_count"])
+
+    def _check_attempt(self, conn: sqlite3.Connection, job_id: str, attempt: int | None) -> None:
+        """For a worker write (``attempt`` given): the job must be ADMITTED or RUNNING on that
+        attempt, else StaleAttempt. Runs inside the write's transaction."""
+        if attempt is None:
+            return
+        row = conn.execute(
+            "SELECT status, retry_count, preemption_count FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise StaleAttempt(f"Job {job_id} no longer exists")
+        if row["status"] not in ACTIVE:
+            raise StaleAttempt(f"Job {job_id} is {row['status']}; attempt {attempt} is over")
+        current = self.attempt_of(row)
+        if current != attempt:
+            raise StaleAttempt(f"Job {job_id} is on attempt {current}, not {attempt}")
 
     def cancel(self, job_id: str) -> JSON:
         """``POST /batch/jobs/{id}/cancel``: a CancelResult dict (409 StateConflict if final)."""
@@ -1251,6 +1437,8 @@ class Store:
     ) -> int:
         if level not in LEVELS:
             raise InvalidRequest(f"Unknown event level {level!r}; expected one of {LEVELS}")
+        _require_text([event_type, message, payload, input_id], "An event")
+        index = _opt_sql_int(index, "index")
         try:
             cursor = conn.execute(
                 "INSERT INTO events (job_id, level, event_type, message, payload, input_id, idx, "
@@ -1292,9 +1480,16 @@ class Store:
         payload: Mapping[str, Any] | None = None,
         input_id: str | None = None,
         index: int | None = None,
+        *,
+        attempt: int | None = None,
     ) -> JSON:
-        """Append an event to a job's log; returns it as an Event dict."""
+        """Append an event to a job's log; returns it as an Event dict.
+
+        ``attempt`` (worker writes): refused with StaleAttempt unless the job is ADMITTED or
+        RUNNING on that attempt (see `attempt_of`), checked in the insert's transaction.
+        """
         with self._tx() as conn:
+            self._check_attempt(conn, job_id, attempt)
             event_id = self._insert_event(
                 conn, job_id, level, event_type, message, payload, input_id, index
             )
@@ -1310,6 +1505,8 @@ class Store:
         offset: int,
         limit: int | None,
     ) -> tuple[int, list[sqlite3.Row]]:
+        _require_text([job_id, *filters.values()], "Filters")
+        limit_sql, offset = _page_limit(limit), _check_offset(offset)
         where = ["job_id = ?"]
         params: list[Any] = [job_id]
         for column, value in filters.items():
@@ -1322,7 +1519,7 @@ class Store:
             total = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {clause}", params).fetchone()
             rows = conn.execute(
                 f"SELECT * FROM {table} WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*params, _page_limit(limit), _check_offset(offset)],
+                [*params, limit_sql, offset],
             ).fetchall()
         return int(total[0]), rows
 
@@ -1377,9 +1574,17 @@ class Store:
         payload: Mapping[str, Any] | None = None,
         input_id: str | None = None,
         index: int | None = None,
+        *,
+        attempt: int | None = None,
     ) -> JSON:
-        """Append a progress entry; returns it as a ProgressEntry dict."""
+        """Append a progress entry; returns it as a ProgressEntry dict.
+
+        ``attempt``: a guarded worker write, as for `add_event`.
+        """
+        _require_text([kind, message, metrics, payload, input_id], "A progress entry")
+        step, index = _opt_sql_int(step, "step"), _opt_sql_int(index, "index")
         with self._tx() as conn:
+            self._check_attempt(conn, job_id, attempt)
             try:
                 cursor = conn.execute(
                     "INSERT INTO progress (job_id, kind, step, message, metrics, payload, "
@@ -1474,19 +1679,27 @@ class Store:
         return self._input_dict(row)
 
     def set_input_status(
-        self, input_id: str, status: str, error_message: str | None = None
+        self,
+        input_id: str,
+        status: str,
+        error_message: str | None = None,
+        *,
+        attempt: int | None = None,
     ) -> JSON:
         """Move a tracked input: pending→processing→completed|failed (final until a retry).
 
         ``completed_at`` is set on completed; a finished input gets its completion rank.
+        ``attempt``: a guarded worker write, as for `add_event`.
         """
         if status not in TRACKED_STATUSES:
             raise InvalidRequest(f"Unknown input status {status!r}")
+        _require_text([input_id, error_message], "An input status")
         now = format_ts(self._now())
         with self._tx() as conn:
             row = conn.execute("SELECT * FROM inputs WHERE id = ?", (input_id,)).fetchone()
             if row is None:
                 raise NotFound(f"Input {input_id} not found")
+            self._check_attempt(conn, row["job_id"], attempt)
             if row["status"] == "reference":
                 raise StateConflict(f"Input {input_id} is a reference input; it has no status")
             if row["status"] in INPUT_FINAL:
@@ -1542,6 +1755,7 @@ class Store:
         """``/inputs/progress``: tracked inputs (submission order) with their latest progress."""
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be 'asc' or 'desc'")
+        _require_text([job_id, port_name, statuses], "Filters")
         where = ["i.job_id = ?", "i.tracked = 1"]
         params: list[Any] = [job_id]
         if port_name is not None:
@@ -1706,21 +1920,32 @@ class Store:
         input_id: str | None = None,
         input_file_id: str | None = None,
         file_type: str | None = None,
+        *,
+        attempt: int | None = None,
     ) -> JSON:
         """Store an output durably (temp, fsync, rename inside the insert's transaction).
 
         ``input_file_id`` defaults to the file of ``input_id``; ``file_type`` is guessed from
-        the filename. Returns the Output dict.
+        the filename. Returns the Output dict. The bytes are spooled in ``outputs/`` itself;
+        ``outputs/<job>/`` is only created inside the transaction that has checked the job
+        exists, so a late write for a deleted job (NotFound) never leaves a directory behind.
+        ``attempt``: a guarded worker write, as for `add_event`.
         """
         validate_file_id(filename)
+        _require_text([port_name, input_id, input_file_id, file_type], "An output")
         if not is_id(job_id, "job"):
             raise NotFound(f"Job {job_id} not found")
+        with self._tx(write=False) as conn:  # fail fast, before reading the bytes
+            self._job_row(conn, job_id)
+            self._check_attempt(conn, job_id, attempt)
         directory = self.outputs_dir / job_id
-        tmp, size, _ = self._spool(directory, data)
+        tmp, size, _ = self._spool(self.outputs_dir, data)
         output_id = self._new_id("out")
         try:
             with self._tx() as conn:
                 self._job_row(conn, job_id)
+                self._check_attempt(conn, job_id, attempt)
+                directory.mkdir(exist_ok=True)
                 if input_id is not None and input_file_id is None:
                     found = conn.execute(
                         "SELECT file_id FROM inputs WHERE id = ? AND job_id = ?",
@@ -1747,6 +1972,7 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(directory)
+        _fsync_dir(self.outputs_dir)  # the rename's source, and a new job directory
         return self._output_dict(row)
 
     def list_outputs(
@@ -1858,6 +2084,7 @@ class Store:
         Returns the FileMeta dict; CSV files get num_rows/num_columns/column_headers.
         """
         validate_file_id(file_id)
+        _require_text([file_type, file_tags], "File metadata")
         if self.find_file(file_id) is not None:  # fail fast, before reading the body
             raise FileExists(f"File already exists: {file_id}")
         probe = _CsvProbe() if _is_csv(file_id, file_type) else None
@@ -1882,6 +2109,7 @@ class Store:
 
     def find_file(self, file_id: str) -> JSON | None:
         """FileMeta dict, or None if there is no such file."""
+        _require_text(file_id, "File id", InvalidFileId)
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
         return None if row is None else self._file_dict(row)
@@ -1899,6 +2127,7 @@ class Store:
 
     def delete_file(self, file_id: str) -> JSON:
         """Unregister a file, then remove its bytes; a FileUploadResult-shaped dict."""
+        _require_text(file_id, "File id", InvalidFileId)
         with self._tx() as conn:
             row = conn.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
             if row is None:
@@ -1922,6 +2151,7 @@ class Store:
         """
         if after and before:
             raise InvalidRequest("after and before are mutually exclusive")
+        _require_text(file_type, "file_type")
         limit = min(max(int(limit), 1), MAX_PAGE)
         where: list[str] = []
         params: list[Any] = []
@@ -1966,10 +2196,14 @@ class Store:
         """Shard-style metadata list (documented form): a bare list, oldest first, ≤ 1000.
 
         ``max_items_per_shard`` ≤ 0 means the maximum (1000); ``shard_index`` -1 means all
-        files, still capped at 1000 per answer.
+        files, still capped at 1000 per answer. A ``shard_index`` beyond SQLite's 64-bit range
+        is an InvalidRequest; one whose offset is beyond it is simply past the end (empty).
         """
+        _require_text(file_type, "file_type")
+        shard_index = _int_arg(shard_index, "shard_index", _MIN_INT)
+        max_items_per_shard = _int_arg(max_items_per_shard, "max_items_per_shard", _MIN_INT)
         size = MAX_PAGE if max_items_per_shard <= 0 else min(max_items_per_shard, MAX_PAGE)
-        offset = 0 if shard_index < 0 else shard_index * size
+        offset = 0 if shard_index < 0 else min(shard_index * size, _MAX_INT)
         clause, params = "", []
         if file_type:
             clause, params = " WHERE file_type = ?", [file_type]
@@ -2007,10 +2241,37 @@ class Store:
             raise UploadNotFound(f"Upload {upload_id} not found")
         return row
 
+    @staticmethod
+    def _completing(upload: sqlite3.Row) -> bool:
+        """Whether a live process is completing ``upload`` (a crashed completer's mark is void:
+        its pid is in the mark; where liveness cannot be checked, the mark's age decides)."""
+        mark = upload["completing"]
+        if mark is None:
+            return False
+        try:
+            pid = int(str(mark).split("-", 1)[0])
+        except ValueError:
+            return False
+        if pid == os.getpid():
+            return True
+        if os.name == "nt":
+            try:
+                since = parse_ts(upload["completing_at"])
+            except (TypeError, ValueError):
+                return False
+            return (_utcnow() - since).total_seconds() < _STALE_TMP_SECONDS
+        return _pid_alive(pid)
+
     def _active_upload(self, conn: sqlite3.Connection, upload_id: str) -> sqlite3.Row:
+        """An upload still taking parts: 404 if unknown, 409 if completed or being completed."""
         row = self._upload_row(conn, upload_id)
         if row["status"] != "active":
             raise StateConflict(f"Upload {upload_id} is already completed")
+        if self._completing(row):
+            raise StateConflict(
+                f"Upload {upload_id} is being completed",
+                "Wait for the complete request to finish",
+            )
         return row
 
     @staticmethod
@@ -2063,11 +2324,13 @@ class Store:
         the in-progress upload is a StateConflict.
         """
         validate_file_id(filename)
-        if not isinstance(num_bytes, int) or num_bytes < 0:
+        if isinstance(num_bytes, bool) or not isinstance(num_bytes, int) or num_bytes < 0:
             raise InvalidRequest("num_bytes must be a non-negative integer")
+        _int_arg(num_bytes, "num_bytes")
         if not file_type:
             raise InvalidRequest("file_type is required")
-        if part_size < 1:
+        _require_text(file_type, "file_type")
+        if _int_arg(part_size, "part_size") < 1:
             raise InvalidRequest("part_size must be positive")
         with self._tx() as conn:
             if conn.execute("SELECT 1 FROM files WHERE file_id = ?", (filename,)).fetchone():
@@ -2097,7 +2360,7 @@ class Store:
                     file_type,
                     num_bytes,
                     part_size,
-                    max(1, math.ceil(num_bytes / part_size)),
+                    max(1, -(-num_bytes // part_size)),
                     self._new_id("fil"),
                     "active",
                     format_ts(now),
@@ -2115,7 +2378,10 @@ class Store:
                 "WHERE upload_id = ? ORDER BY part_number",
                 (upload_id,),
             ).fetchall()
-        out = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
+        hidden = ("seq", "completing", "completing_at")
+        out = {k: row[k] for k in row.keys() if k not in hidden}  # noqa: SIM118
+        if out["status"] == "active" and self._completing(row):
+            out["status"] = "completing"
         out["parts"] = [
             {
                 "part_number": p["part_number"],
@@ -2146,14 +2412,17 @@ class Store:
     def record_part(self, upload_id: str, part_number: int, source: Source) -> str:
         """Store one part's bytes (the presigned PUT); returns its ETag, quoted like S3.
 
-        The part must have exactly the length the initiate response announced.
+        The part must have exactly the length the initiate response announced. The bytes are
+        spooled in ``uploads/`` itself; ``uploads/<upl>/`` is only created inside the write
+        transaction that has checked the upload is still taking parts, so a PUT racing an
+        abort never leaves a directory behind.
         """
         with self._tx(write=False) as conn:
             upload = self._active_upload(conn, upload_id)
         self._check_part_number(upload, part_number)
         expected = self._part(upload, part_number)["length"]
         directory = self.uploads_dir / upload_id
-        tmp, size, md5 = self._spool(directory, source)
+        tmp, size, md5 = self._spool(self.uploads_dir, source)
         try:
             if size != expected:
                 raise InvalidRequest(
@@ -2161,6 +2430,7 @@ class Store:
                 )
             with self._tx() as conn:
                 self._active_upload(conn, upload_id)
+                directory.mkdir(exist_ok=True)
                 conn.execute(
                     "INSERT OR REPLACE INTO upload_parts (upload_id, part_number, etag, num_bytes, "
                     "checkpointed, created_at) VALUES (?,?,?,?,0,?)",
@@ -2170,6 +2440,7 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(directory)
+        _fsync_dir(self.uploads_dir)  # the rename's source, and a new upload directory
         return f'"{md5}"'
 
     @staticmethod
@@ -2225,10 +2496,16 @@ class Store:
         """Assemble the parts in order into the file and register it: CompleteUploadResponse.
 
         ``parts`` lists the parts not already checkpointed (tokens with or without quotes).
-        Already completed → StateConflict (409); file id taken meanwhile → FileExists.
+        Already completed, or being completed → StateConflict (409); file id taken meanwhile →
+        FileExists. The upload is first marked *completing* in a write transaction, so while
+        the parts are assembled ``abort_upload``, ``record_part`` and a second complete answer
+        409; if assembly fails (a part file missing: 409) the mark is removed again, leaving
+        the upload in progress. ``file_attributes`` are the CSV attributes for a CSV file and
+        ``{"metadata_status": "not_extracted"}`` for any other file.
         """
         pairs = self._token_pairs(parts)
-        with self._tx(write=False) as conn:
+        mark = f"{os.getpid()}-{secrets.token_hex(8)}"
+        with self._tx() as conn:
             upload = self._active_upload(conn, upload_id)
             if integrity_checksum:
                 raise InvalidRequest(
@@ -2242,17 +2519,54 @@ class Store:
                     (upload_id,),
                 )
             }
-        given = {n for n, _ in pairs}
-        for number in range(1, upload["num_parts"] + 1):
-            if number not in recorded:
-                raise InvalidRequest(f"Part {number} of upload {upload_id} was not uploaded")
-            if not recorded[number] and number not in given:
-                raise InvalidRequest(f"Missing part_token for part {number}")
+            given = {n for n, _ in pairs}
+            for number in range(1, upload["num_parts"] + 1):
+                if number not in recorded:
+                    raise InvalidRequest(f"Part {number} of upload {upload_id} was not uploaded")
+                if not recorded[number] and number not in given:
+                    raise InvalidRequest(f"Missing part_token for part {number}")
+            conn.execute(
+                "UPDATE uploads SET completing = ?, completing_at = ? WHERE id = ?",
+                (mark, format_ts(_utcnow()), upload_id),  # real time: see _completing
+            )
+        try:
+            row = self._assemble_upload(upload, mark)
+        except BaseException:
+            with contextlib.suppress(StoreError, sqlite3.Error), self._tx() as conn:
+                conn.execute(
+                    "UPDATE uploads SET completing = NULL, completing_at = NULL "
+                    "WHERE id = ? AND completing = ?",
+                    (upload_id, mark),
+                )
+            raise
+        shutil.rmtree(self.uploads_dir / upload_id, ignore_errors=True)
+        filename, file_type = upload["filename"], upload["file_type"]
+        attributes = json.loads(row["file_attributes"])
+        if not _is_csv(filename, file_type):
+            attributes = {"metadata_status": "not_extracted", **attributes}
+        return {
+            "file_uid": row["file_uid"],
+            "file_name": row["file_id"],
+            "num_bytes": row["num_bytes"],
+            "file_status": "Ingested",
+            "file_attributes": attributes,
+        }
+
+    def _assemble_upload(self, upload: sqlite3.Row, mark: str) -> sqlite3.Row:
+        """Concatenate the parts of an upload marked ``mark`` and register the file."""
+        upload_id = upload["id"]
         directory = self.uploads_dir / upload_id
 
         def assembled() -> Iterator[bytes]:
             for number in range(1, upload["num_parts"] + 1):
-                with (directory / f"{number:06d}").open("rb") as fh:
+                try:
+                    fh = (directory / f"{number:06d}").open("rb")
+                except FileNotFoundError:
+                    raise StateConflict(
+                        f"Part {number} of upload {upload_id} is missing",
+                        "Upload that part again, then complete the upload",
+                    ) from None
+                with fh:
                     while chunk := fh.read(_CHUNK):
                         yield chunk
 
@@ -2265,7 +2579,9 @@ class Store:
                     f"Upload {upload_id} has {size} bytes, expected {upload['num_bytes']}"
                 )
             with self._tx() as conn:
-                self._active_upload(conn, upload_id)
+                current = self._upload_row(conn, upload_id)
+                if current["status"] != "active" or current["completing"] != mark:
+                    raise StateConflict(f"Upload {upload_id} changed while being completed")
                 row = self._register_file(
                     conn,
                     tmp,
@@ -2278,24 +2594,18 @@ class Store:
                     None,
                 )
                 conn.execute(
-                    "UPDATE uploads SET status = 'completed', completed_at = ? WHERE id = ?",
+                    "UPDATE uploads SET status = 'completed', completed_at = ?, "
+                    "completing = NULL, completing_at = NULL WHERE id = ?",
                     (format_ts(self._now()), upload_id),
                 )
                 conn.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(self.files_dir)
-        shutil.rmtree(directory, ignore_errors=True)
-        return {
-            "file_uid": row["file_uid"],
-            "file_name": row["file_id"],
-            "num_bytes": row["num_bytes"],
-            "file_status": "Ingested",
-            "file_attributes": json.loads(row["file_attributes"]),
-        }
+        return row
 
     def abort_upload(self, upload_id: str) -> None:
-        """Discard an upload in progress and its parts (409 if already completed)."""
+        """Discard an upload in progress and its parts (409 if completed or being completed)."""
         with self._tx() as conn:
             self._active_upload(conn, upload_id)
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import slow_pipeline
+import stubborn_pipeline
 
 from atai_magics.local.pipelines import LocalPipeline, builtin_pipelines
 from atai_magics.local.scheduler import BACKOFF_MESSAGE, Scheduler
@@ -20,6 +21,7 @@ MSC = "machine-state-classification"
 AD = "activity-detection"
 PIPELINES: dict[str, LocalPipeline] = {p.key: p for p in builtin_pipelines()}
 PIPELINES[slow_pipeline.KEY] = slow_pipeline.PIPELINE
+PIPELINES[stubborn_pipeline.KEY] = stubborn_pipeline.PIPELINE
 TIMEOUT = 60.0
 
 JSON = dict[str, Any]
@@ -347,3 +349,54 @@ def test_retry_after_cancel_runs_again(make_scheduler: Make) -> None:
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
     assert (job["status"], job["retry_count"]) == ("COMPLETED", 1)
     assert [i["status"] for i in inputs(store, job_id)] == ["completed"]
+
+
+def test_workers_of_a_cancelled_attempt_cannot_write_into_the_retry(make_scheduler: Make) -> None:
+    """Cancel, then retry while the old worker still runs: that worker ignores SIGTERM and
+    cancellation and keeps writing until the retry's launch kills it, yet nothing it writes
+    after the cancel lands; the new attempt's worker processes the input."""
+    store, scheduler = make_scheduler()
+    store.add_file("stubborn.txt", "text/plain", b"payload")
+    pipeline = stubborn_pipeline.PIPELINE
+    request = {
+        "name": "stubborn",
+        "pipeline_type": "batch",
+        "pipeline_key": pipeline.key,
+        "inputs": {stubborn_pipeline.DATA_PORT: [{"file_id": "stubborn.txt"}]},
+        "parameters": {"worker": {"config": {"seconds": 1.5, "tick": 0.01}}},
+    }
+    job_id = str(store.create_job(request, pipeline.version, pipeline.inputs)["id"])
+    scheduler.wake()
+    wait_for(lambda: store.list_outputs(job_id)["total"] >= 1, what="the first tick")
+    old_pids = {p.pid for p in scheduler.processes(job_id)}
+    assert old_pids
+    store.cancel(job_id)
+    time.sleep(0.1)  # the old worker keeps running: only the retry's launch kills it
+    store.retry(job_id)
+    job = wait_status(store, job_id, "COMPLETED", "FAILED")
+    assert (job["status"], job["retry_count"]) == ("COMPLETED", 1), messages(store, job_id)
+
+    def pid_of(text: str) -> int:
+        return int(text.split("_")[1] if "_" in text else text.split()[1])
+
+    log = events(store, job_id)
+    cancelled = next(e for e in log if e["event_type"] == "job.cancelled")
+    late_events = [
+        e
+        for e in log
+        if e["event_type"] == "tick"
+        and e["id"] > cancelled["id"]
+        and pid_of(e["message"]) in old_pids
+    ]
+    assert late_events == []
+    outputs = store.list_outputs(job_id, limit=None)["outputs"]
+    late_outputs = [
+        o["data"]["filename"]
+        for o in outputs
+        if pid_of(o["data"]["filename"]) in old_pids and o["created_at"] > cancelled["created_at"]
+    ]
+    assert late_outputs == []
+    done = [o for o in outputs if o["data"]["filename"].startswith("done_")]
+    (item,) = inputs(store, job_id)
+    assert len(done) == 1 and pid_of(done[0]["data"]["filename"]) not in old_pids
+    assert done[0]["input_id"] == item["id"] and item["status"] == "completed"

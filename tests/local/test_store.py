@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import io
 import multiprocessing
@@ -27,6 +29,7 @@ from atai_magics.local.store import (
     InvalidFileId,
     InvalidRequest,
     NotFound,
+    StaleAttempt,
     StateConflict,
     Store,
     StoreError,
@@ -65,6 +68,7 @@ PATHS = {
 }
 PORTS = {"worker.inference": {"tracked": True}, "worker.n_shots": {"tracked": False}}
 CSV = b"timestamp,a,b\n1,0.5,0.7\n2,0.6,0.8\n3,0.1,0.2\n"
+JSON = dict[str, Any]
 
 
 class Clock:
@@ -158,8 +162,7 @@ def test_timestamps_are_rfc3339_with_microseconds(store: Store, clock: Clock) ->
 
 def test_schema_version_and_pragmas(tmp_path: Path) -> None:
     home = tmp_path / "h"
-    with Store(home) as s:
-        conn = s._conn()
+    with Store(home) as s, s._tx(write=False) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -253,7 +256,8 @@ def test_create_job_unresolved_files_write_nothing(store: Store) -> None:
     with pytest.raises(UnresolvedInputs, match=r"Failed to resolve file inputs: missing\.csv"):
         store.create_job(req, "1.1.0", PORTS)
     assert store.list_jobs()["total"] == 0
-    assert store._conn().execute("SELECT COUNT(*) FROM inputs").fetchone()[0] == 0
+    with store._tx(write=False) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM inputs").fetchone()[0] == 0
     with pytest.raises(InvalidRequest):
         store.create_job({"name": "x"}, None, PORTS)
 
@@ -436,22 +440,22 @@ def test_queue_positions_match_a_brute_force_count(store: Store) -> None:
             ]
         ):
             store.transition(job_id, step)
-    conn = store._conn()
-    for page_offset in (0, 10, 25, 50):
-        for job in store.list_jobs(offset=page_offset, limit=10)["jobs"]:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
-            queued = "status IN ('PENDING','PREEMPTED') AND pipeline_type = ?"
-            if row["status"] in ("PENDING", "PREEMPTED"):
-                expected_pos = conn.execute(
-                    f"SELECT COUNT(*) FROM jobs WHERE {queued} AND queue_key <= ?",
-                    (row["pipeline_type"], row["queue_key"]),
-                ).fetchone()[0]
-                depth = conn.execute(
-                    f"SELECT COUNT(*) FROM jobs WHERE {queued}", (row["pipeline_type"],)
-                ).fetchone()[0]
-                assert (job["queue_position"], job["queue_depth"]) == (expected_pos, depth)
-            else:
-                assert job["queue_position"] is None and job["queue_depth"] is None
+    with store._tx(write=False) as conn:
+        for page_offset in (0, 10, 25, 50):
+            for job in store.list_jobs(offset=page_offset, limit=10)["jobs"]:
+                row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+                queued = "status IN ('PENDING','PREEMPTED') AND pipeline_type = ?"
+                if row["status"] in ("PENDING", "PREEMPTED"):
+                    expected_pos = conn.execute(
+                        f"SELECT COUNT(*) FROM jobs WHERE {queued} AND queue_key <= ?",
+                        (row["pipeline_type"], row["queue_key"]),
+                    ).fetchone()[0]
+                    depth = conn.execute(
+                        f"SELECT COUNT(*) FROM jobs WHERE {queued}", (row["pipeline_type"],)
+                    ).fetchone()[0]
+                    assert (job["queue_position"], job["queue_depth"]) == (expected_pos, depth)
+                else:
+                    assert job["queue_position"] is None and job["queue_depth"] is None
 
 
 def test_list_jobs_filters_and_order(store: Store) -> None:
@@ -475,13 +479,13 @@ def test_list_jobs_filters_and_order(store: Store) -> None:
 
 def _statements(store: Store, call: Callable[[], Any]) -> int:
     statements: list[str] = []
-    conn = store._conn()
-    conn.set_trace_callback(statements.append)
-    try:
-        call()
-    finally:
-        conn.set_trace_callback(None)
-    return len(statements)
+    with store._tx(write=False) as conn:
+        conn.set_trace_callback(statements.append)
+        try:
+            call()
+        finally:
+            conn.set_trace_callback(None)
+        return len(statements)
 
 
 def _bulk_jobs(store: Store, n: int) -> None:
@@ -524,14 +528,14 @@ def test_list_jobs_query_count_is_constant(tmp_path: Path) -> None:
                 _statements(s, partial(s.get_job, first_id)),
             )
             assert sum(s.counts_by_status().values()) == n + 5
-            conn = s._conn()
-            real = dict(
-                conn.execute(
-                    "SELECT pipeline_type, COUNT(*) FROM jobs "
-                    "WHERE status IN ('PENDING','PREEMPTED') GROUP BY pipeline_type"
-                ).fetchall()
-            )
-            assert {q["pipeline_type"]: q["depth"] for q in s.queue_depths()["queues"]} == real
+            with s._tx(write=False) as conn:
+                real = dict(
+                    conn.execute(
+                        "SELECT pipeline_type, COUNT(*) FROM jobs "
+                        "WHERE status IN ('PENDING','PREEMPTED') GROUP BY pipeline_type"
+                    ).fetchall()
+                )
+                assert {q["pipeline_type"]: q["depth"] for q in s.queue_depths()["queues"]} == real
     assert counts[10] == counts[10_000]
     assert counts[10][0] <= 6
 
@@ -591,9 +595,9 @@ def test_delete_job(store: Store) -> None:
     m.DeleteResult.model_validate(result)
     assert result == {"id": job_id, "deleted": True}
     assert not path.exists() and not path.parent.exists()
-    conn = store._conn()
-    for table in ("jobs", "inputs", "events", "progress", "outputs"):
-        assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+    with store._tx(write=False) as conn:
+        for table in ("jobs", "inputs", "events", "progress", "outputs"):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
     with pytest.raises(NotFound):
         store.delete_job(job_id)
     with pytest.raises(NotFound):
@@ -810,6 +814,11 @@ HOSTILE = [
     " leading",
     "trailing ",
     "\ud800.csv",
+    "\u202egnp.exe",  # right-to-left override (Cf)
+    "zero\u200bwidth.csv",  # zero width space (Cf)
+    "\ufeffbom.csv",  # byte order mark (Cf)
+    "line\u2028sep.csv",  # Zl
+    "para\u2029sep.csv",  # Zp
     None,
     42,
 ]
@@ -1167,40 +1176,47 @@ def _crash_worker(home: str, seed: int, ready: Any) -> None:
 def _check_consistent(home: Path) -> None:
     with Store(home) as s:
         assert s.integrity_check() == "ok"
-        conn = s._conn()
-        bad = conn.execute(
-            "SELECT j.id FROM jobs j WHERE j.num_inputs != "
-            "(SELECT COUNT(*) FROM inputs i WHERE i.job_id = j.id)"
-        ).fetchall()
-        assert bad == []
-        real = dict(
-            conn.execute(
-                "SELECT pipeline_type, COUNT(*) FROM jobs "
-                "WHERE status IN ('PENDING','PREEMPTED') GROUP BY pipeline_type"
+        with s._tx(write=False) as conn:
+            bad = conn.execute(
+                "SELECT j.id FROM jobs j WHERE j.num_inputs != "
+                "(SELECT COUNT(*) FROM inputs i WHERE i.job_id = j.id)"
             ).fetchall()
-        )
-        counted = dict(
-            conn.execute("SELECT pipeline_type, depth FROM queue_counts WHERE depth > 0").fetchall()
-        )
-        assert real == counted
-        files = {r["file_uid"]: r["num_bytes"] for r in conn.execute("SELECT * FROM files")}
-        assert {p.name: p.stat().st_size for p in s.files_dir.iterdir()} == files
-        outputs = {
-            (r["job_id"], r["id"]): r["num_bytes"] for r in conn.execute("SELECT * FROM outputs")
-        }
-        on_disk = {
-            (d.name, p.name): p.stat().st_size for d in s.outputs_dir.iterdir() for p in d.iterdir()
-        }
-        assert on_disk == outputs
-        parts = {
-            (r["upload_id"], f"{r['part_number']:06d}"): r["num_bytes"]
-            for r in conn.execute("SELECT * FROM upload_parts")
-        }
-        on_disk = {
-            (d.name, p.name): p.stat().st_size for d in s.uploads_dir.iterdir() for p in d.iterdir()
-        }
-        assert on_disk == parts
-        assert not [p for p in home.rglob(".tmp-*")]
+            assert bad == []
+            real = dict(
+                conn.execute(
+                    "SELECT pipeline_type, COUNT(*) FROM jobs "
+                    "WHERE status IN ('PENDING','PREEMPTED') GROUP BY pipeline_type"
+                ).fetchall()
+            )
+            counted = dict(
+                conn.execute(
+                    "SELECT pipeline_type, depth FROM queue_counts WHERE depth > 0"
+                ).fetchall()
+            )
+            assert real == counted
+            files = {r["file_uid"]: r["num_bytes"] for r in conn.execute("SELECT * FROM files")}
+            assert {p.name: p.stat().st_size for p in s.files_dir.iterdir()} == files
+            outputs = {
+                (r["job_id"], r["id"]): r["num_bytes"]
+                for r in conn.execute("SELECT * FROM outputs")
+            }
+            on_disk = {
+                (d.name, p.name): p.stat().st_size
+                for d in s.outputs_dir.iterdir()
+                for p in d.iterdir()
+            }
+            assert on_disk == outputs
+            parts = {
+                (r["upload_id"], f"{r['part_number']:06d}"): r["num_bytes"]
+                for r in conn.execute("SELECT * FROM upload_parts")
+            }
+            on_disk = {
+                (d.name, p.name): p.stat().st_size
+                for d in s.uploads_dir.iterdir()
+                for p in d.iterdir()
+            }
+            assert on_disk == parts
+            assert not [p for p in home.rglob(".tmp-*")]
         for job in s.list_jobs(limit=None)["jobs"]:
             m.JobRecord.model_validate(job)
         s.recover_after_restart()
@@ -1245,3 +1261,350 @@ def test_open_sweeps_orphans_and_dead_temp_files(tmp_path: Path) -> None:
         pass
     assert sorted(p.name for p in (home / "files").iterdir()) == sorted([uid, live.name])
     assert list((home / "outputs").iterdir()) == [] and list((home / "uploads").iterdir()) == []
+
+
+# --- reviewer findings: pool, failed commits, upload races, bad input, stale workers ---------
+
+
+def _db_fds(store: Store) -> int | None:
+    """Open descriptors of this process on ``state.sqlite3`` (None without /proc)."""
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir():
+        return None
+    target = os.path.realpath(store.db_path)
+    count = 0
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if str(fd.readlink()) == target:
+                count += 1
+    return count
+
+
+def test_connections_are_pooled_not_leaked_by_passing_threads(store: Store) -> None:
+    """Threads that come and go (an ASGI pool retiring idle threads) leave no connection."""
+    job_id = new_job(store, "RUNNING")
+    bursts, width = 5, 24
+    errors: list[BaseException] = []
+
+    def work(barrier: threading.Barrier, n: int) -> None:
+        try:
+            barrier.wait(30)  # all of a burst at once, so the pool must grow past its cap
+            store.add_event(job_id, "INFO", "info", f"e{n}")
+            store.get_job(job_id)
+            store.list_events(job_id, limit=5)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    for burst in range(bursts):
+        barrier = threading.Barrier(width)
+        threads = [
+            threading.Thread(target=work, args=(barrier, burst * width + i)) for i in range(width)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert 1 <= store.connection_count() <= Store.MAX_IDLE_CONNECTIONS
+        # SQLite keeps the descriptor of a closed connection while others hold POSIX locks on
+        # the file and reuses it for the next one: bounded by the peak, never growing.
+        fds = _db_fds(store)
+        assert fds is None or fds <= width
+    assert store.list_events(job_id)["total"] == bursts * width
+    store.close()
+    assert store.connection_count() == 0
+    assert _db_fds(store) in (None, 0)
+
+
+def test_nested_transactions_share_one_connection(store: Store) -> None:
+    with store._tx() as outer:
+        job_id = new_job(store)  # joins: one transaction, one connection
+        with store._tx(write=False) as inner:
+            assert inner is outer
+        assert store.connection_count() == 1
+    assert store.get_job(job_id)["status"] == "PENDING"
+    with pytest.raises(RuntimeError), store._tx():
+        store.add_event(job_id, "INFO", "info", "rolled back with the outer transaction")
+        raise RuntimeError
+    assert store.list_events(job_id)["total"] == 0
+
+
+def test_failed_commit_is_rolled_back_and_releases_the_lock(store: Store) -> None:
+    job_id = new_job(store)
+    with pytest.raises(sqlite3.IntegrityError), store._tx() as conn:
+        conn.execute("PRAGMA defer_foreign_keys = ON")  # the dangling row fails at COMMIT
+        conn.execute(
+            "INSERT INTO events (job_id, level, payload, created_at) VALUES (?, ?, ?, ?)",
+            ("job_00000000000000000000000000", "INFO", "{}", "2026-01-01T00:00:00.000000Z"),
+        )
+    raw = sqlite3.connect(store.db_path, timeout=0.5, isolation_level=None)
+    try:  # nobody holds the write lock any more
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("ROLLBACK")
+    finally:
+        raw.close()
+    store.add_event(job_id, "INFO", "info", "after")  # a real transaction of its own
+    with Store(store.home) as other:
+        assert [e["message"] for e in other.list_events(job_id)["events"]] == ["after"]
+    assert store.integrity_check() == "ok"
+
+
+def _two_part_upload(store: Store, name: str, size: int = 10) -> tuple[str, list[JSON]]:
+    started = store.initiate_upload(name, "application/octet-stream", 2 * size, part_size=size)
+    upload_id = started["upload_id"]
+    parts = [
+        {"part_number": n, "part_token": store.record_part(upload_id, n, bytes([n]) * size)}
+        for n in (1, 2)
+    ]
+    return upload_id, parts
+
+
+def test_complete_upload_excludes_abort_parts_and_a_second_complete(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload_id, parts = _two_part_upload(store, "big.bin")
+    assembling, go = threading.Event(), threading.Event()
+    spool = store._spool
+
+    def paused_spool(directory: Path, source: Any, probe: Any = None) -> Any:
+        if directory == store.files_dir:  # complete_upload is about to read the parts
+            assembling.set()
+            assert go.wait(30)
+        return spool(directory, source, probe)
+
+    monkeypatch.setattr(store, "_spool", paused_spool)
+    result: dict[str, Any] = {}
+
+    def complete() -> None:
+        try:
+            result["done"] = store.complete_upload(upload_id, parts)
+        except BaseException as exc:  # pragma: no cover - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=complete)
+    thread.start()
+    try:
+        assert assembling.wait(30)
+        assert store.get_upload(upload_id)["status"] == "completing"
+        for call in (
+            partial(store.abort_upload, upload_id),
+            partial(store.record_part, upload_id, 1, b"\x09" * 10),
+            partial(store.complete_upload, upload_id, parts),
+            partial(store.checkpoint_parts, upload_id, parts[:1]),
+        ):
+            with pytest.raises(StateConflict, match="being completed") as info:
+                call()
+            assert info.value.status == 409
+    finally:
+        go.set()
+        thread.join(30)
+    assert "error" not in result, result
+    assert result["done"]["file_attributes"] == {"metadata_status": "not_extracted"}
+    m.CompleteUploadResponse.model_validate(result["done"])
+    assert store.file_path("big.bin").read_bytes() == b"\x01" * 10 + b"\x02" * 10
+    assert store.get_file("big.bin")["file_attributes"] == {}
+    assert store.get_upload(upload_id)["status"] == "completed"
+    assert not (store.uploads_dir / upload_id).exists()
+
+
+def test_complete_upload_with_a_missing_part_is_a_conflict_not_a_crash(store: Store) -> None:
+    upload_id, parts = _two_part_upload(store, "gone.bin")
+    (store.uploads_dir / upload_id / "000002").unlink()
+    with pytest.raises(StateConflict, match=r"Part 2 .* is missing") as info:
+        store.complete_upload(upload_id, parts)
+    assert info.value.status == 409
+    assert store.get_upload(upload_id)["status"] == "active"  # back to uploading
+    assert store.find_file("gone.bin") is None
+    parts[1]["part_token"] = store.record_part(upload_id, 2, b"\x02" * 10)
+    assert store.complete_upload(upload_id, parts)["num_bytes"] == 20
+
+
+def test_complete_and_abort_race_in_threads(store: Store) -> None:
+    """Whoever wins, the loser gets a 404/409 store error, never a bare OSError (a 500)."""
+    for round_no in range(25):
+        upload_id, parts = _two_part_upload(store, f"race{round_no}.bin", size=64 * 1024)
+        barrier = threading.Barrier(3)
+        outcomes: list[Any] = []
+
+        def attempt(
+            call: Callable[[], Any],
+            barrier: threading.Barrier = barrier,
+            outcomes: list[Any] = outcomes,
+        ) -> None:
+            barrier.wait(30)
+            try:
+                call()
+                outcomes.append("ok")
+            except StoreError as exc:
+                outcomes.append(exc.status)
+            except BaseException as exc:  # pragma: no cover - reported below
+                outcomes.append(exc)
+
+        calls = [
+            partial(store.complete_upload, upload_id, parts),
+            partial(store.abort_upload, upload_id),
+            partial(store.record_part, upload_id, 1, b"\x01" * 64 * 1024),
+        ]
+        threads = [threading.Thread(target=attempt, args=(c,)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(o in ("ok", 404, 409) for o in outcomes), outcomes
+        meta = store.find_file(f"race{round_no}.bin")
+        if meta is not None:
+            assert (
+                store.file_path(meta["file_id"]).read_bytes() == b"\x01" * 65536 + b"\x02" * 65536
+            )
+        else:  # aborted: the upload is gone with its parts
+            with pytest.raises(NotFound):
+                store.get_upload(upload_id)
+            assert not (store.uploads_dir / upload_id).exists()
+    assert store.integrity_check() == "ok"
+
+
+def test_schema_1_store_is_migrated_to_2(tmp_path: Path) -> None:
+    from atai_magics.local.store import _migrate_0_to_1
+
+    home = tmp_path / "old"
+    home.mkdir()
+    raw = sqlite3.connect(home / "state.sqlite3", isolation_level=None)
+    _migrate_0_to_1(raw)
+    raw.execute("PRAGMA user_version = 1")
+    raw.close()
+    with Store(home) as s:
+        upload_id, parts = _two_part_upload(s, "after-migration.bin")
+        assert s.complete_upload(upload_id, parts)["num_bytes"] == 20
+        with s._tx(write=False) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def test_out_of_range_integers_are_invalid_requests(store: Store) -> None:
+    job_id = new_job(store, "RUNNING")
+    huge = 10**30
+    calls: list[Callable[[], Any]] = [
+        partial(store.list_jobs, offset=huge),
+        partial(store.list_jobs, limit=2**63),
+        partial(store.list_events, job_id, offset=huge),
+        partial(store.list_progress, job_id, limit=huge),
+        partial(store.list_inputs, job_id, offset=huge),
+        partial(store.list_outputs, job_id, offset=huge),
+        partial(store.inputs_progress, job_id, offset=huge),
+        partial(store.list_files_shard, shard_index=huge),
+        partial(store.list_files_cursor, after=_cursor(f"f{huge}")),
+        partial(store.list_files_cursor, before=_cursor(f"f{2**63}")),
+        partial(store.list_files_cursor, after=_cursor("f-5")),
+        partial(store.initiate_upload, "huge.bin", "application/octet-stream", huge),
+        partial(store.initiate_upload, "huge.bin", "application/octet-stream", 1, part_size=huge),
+        partial(store.add_event, job_id, "INFO", "info", "x", index=huge),
+        partial(store.add_progress, job_id, "inference", huge, None),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidRequest) as info:
+            call()
+        assert info.value.status == 400, call
+    # in range but past the end: an empty answer, not an error
+    assert store.list_jobs(offset=2**63 - 1)["jobs"] == []
+    assert store.list_files_shard(shard_index=2**62) == []
+    assert store.list_files_cursor(after=_cursor(f"f{2**63 - 1}"))["data"] != []
+
+
+def test_lone_surrogates_are_invalid_requests(store: Store) -> None:
+    bad = "\ud800"
+    job_id = new_job(store)
+    calls: list[Callable[[], Any]] = [
+        partial(store.create_job, request(name=bad), "1", PORTS),
+        partial(store.create_job, request(parameters={"worker": {bad: 1}}), "1", PORTS),
+        partial(
+            store.create_job,
+            {"name": "x", "pipeline_key": "k", "inputs": {"worker.inference": [{"file_id": bad}]}},
+            "1",
+            PORTS,
+        ),
+        partial(store.add_file, f"{bad}.csv", "text/csv", CSV),
+        partial(store.add_file, "ok.txt", bad, b"x"),
+        partial(store.find_file, bad),
+        partial(store.initiate_upload, "ok.bin", bad, 1),
+        partial(store.list_jobs, q=bad),
+        partial(store.list_events, job_id, event_type=bad),
+        partial(store.add_event, job_id, "INFO", "info", bad),
+        partial(store.add_output, job_id, "worker.results", f"{bad}.csv", b"x"),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidRequest) as info:
+            call()
+        assert info.value.status == 400, call
+    assert store.list_jobs()["total"] == 1
+    with pytest.raises(InvalidFileId):
+        validate_file_id(f"a{bad}b")
+
+
+def test_add_output_for_a_deleted_job_leaves_no_directory(store: Store) -> None:
+    job_id = new_job(store, "CANCELLED")
+    store.delete_job(job_id)
+    with pytest.raises(NotFound):
+        store.add_output(job_id, "worker.results", "late.csv", b"late")
+    assert not (store.outputs_dir / job_id).exists()
+    assert list(store.outputs_dir.iterdir()) == []
+
+
+def test_guarded_worker_writes_stop_with_their_attempt(store: Store) -> None:
+    job_id = new_job(store, "RUNNING")
+    inp = tracked_inputs(store, job_id)[0]["id"]
+    first = Store.attempt_of(store.get_job(job_id))
+    assert first == 0
+
+    def writes(attempt: int) -> list[Callable[[], Any]]:
+        return [
+            partial(store.add_event, job_id, "INFO", "info", f"a{attempt}", attempt=attempt),
+            partial(
+                store.add_progress, job_id, "inference", 1, None, {"success": 1}, attempt=attempt
+            ),
+            partial(store.set_input_status, inp, "processing", attempt=attempt),
+            partial(store.add_output, job_id, "worker.results", "o.csv", b"x", attempt=attempt),
+        ]
+
+    def counts() -> tuple[int, int, int, list[str]]:
+        return (
+            store.list_events(job_id)["total"],
+            store.list_progress(job_id)["total"],
+            store.list_outputs(job_id)["total"],
+            [i["status"] for i in tracked_inputs(store, job_id)],
+        )
+
+    def refused(attempt: int) -> None:
+        before = counts()
+        for write in writes(attempt):
+            with pytest.raises(StaleAttempt) as info:
+                write()
+            assert info.value.status == 409
+        assert counts() == before
+
+    for write in writes(first):  # the current attempt writes normally
+        write()
+    store.cancel(job_id)
+    refused(first)  # after a cancel
+    store.retry(job_id)
+    refused(first)  # while re-queued
+    store.transition(job_id, "ADMITTED")
+    second = Store.attempt_of(store.get_job(job_id))
+    assert second == first + 1
+    refused(first)  # the old attempt cannot write into the new one
+    for write in writes(second):
+        write()
+    store.transition(job_id, "RUNNING")
+    store.transition(job_id, "PREEMPTED")
+    store.transition(job_id, "PENDING")
+    store.transition(job_id, "ADMITTED")
+    assert Store.attempt_of(store.get_job(job_id)) == second + 1
+    refused(second)  # after a preemption
+    # the scheduler's own (unguarded) writes are not affected
+    store.add_event(job_id, "INFO", "info", "scheduler")
+    store.cancel(job_id)
+    store.delete_job(job_id)
+    with pytest.raises(StaleAttempt):
+        store.add_event(job_id, "INFO", "info", "gone", attempt=second + 1)
