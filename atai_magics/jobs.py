@@ -282,8 +282,15 @@ class JournalEntry:
     )
 
 
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
-    """An append-only JSON-lines file; each line is flushed and fsynced before returning.
+    """An append-only JSON-lines file of submitted jobs.
 
     Entries are read once and then only the new tail of the file, so a long journal costs
     nothing per cell. Other kernels may append to the same file at the same time.
@@ -296,6 +303,8 @@ class Journal:
         self._offset = 0
 
     def record(self, entry: JournalEntry) -> None:
+        """Append one entry. The write reaches the OS before this returns, so it survives the
+        kernel dying; the fsync against a power cut follows on a background thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
@@ -305,9 +314,10 @@ class Journal:
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a line torn by a crash must not swallow this one
                 os.write(fd, line)
-                os.fsync(fd)
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
+        threading.Thread(target=_fsync_and_close, args=(fd,), daemon=True).start()
 
     def entries(self) -> list[JournalEntry]:
         """Every entry, oldest first; a line torn by a crash is skipped."""

@@ -58,6 +58,7 @@ Validation
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -257,7 +258,10 @@ def load_cell(text: str | bytes) -> Node:
     return _load(text)[1]
 
 
+@functools.lru_cache(maxsize=64)
 def _load(data: str | bytes) -> tuple[str, Map]:
+    """The cell's source and tree; cached by text, since cells are re-run unchanged (the
+    tree is never modified: `interpolate` builds a new one)."""
     try:
         text, tree = _yaml.load(data)
     except _yaml.Problem as problem:
