@@ -609,14 +609,14 @@ class _Backend:
     async def list_jobs(self, request: Request) -> Response:
         offset, limit = _offset_limit(request)
         page = await run_in_threadpool(
-            self.store.list_jobs,
+            self.store.list_jobs_json,
             _str_param(request, "pipeline_type"),
             _str_param(request, "status"),
             _str_param(request, "q"),
             offset,
             limit,
-        )
-        return JSONResponse(page)
+        )  # JSON text written by the store: no dicts to build and encode again
+        return Response(page.encode(), media_type="application/json")
 
     async def queue(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.store.queue_depths))

@@ -186,6 +186,28 @@ _QUEUE_HEAD_SQL = f"""SELECT pt, NULL, depth, after_shorter,
           COALESCE((SELECT MAX(queue_key) FROM jobs WHERE status = 'PREEMPTED'
                     AND pipeline_type = ?), ?)) AS last_key))"""
 """Per pipeline type: depth, which side of the page's key span is shorter, and its count."""
+_JOB_PRE_SQL = """'{"id":' || json_quote(id) || ',"org_id":' || json_quote(org_id)
+    || ',"name":' || json_quote(name) || ',"pipeline_type":' || json_quote(pipeline_type)
+    || ',"pipeline_key":' || json_quote(pipeline_key)
+    || ',"pipeline_version":' || json_quote(pipeline_version)
+    || ',"status":' || json_quote(status) || ',"parameters":' || parameters
+    || ',"retry_count":' || retry_count || ',"preemption_count":' || preemption_count || ','"""
+"""SQL: a job's JSON up to ``queue_position`` (keys in the order of ``JobRecord``)."""
+_JOB_POST_TAIL_SQL = """',"created_at":' || json_quote(created_at)
+    || ',"updated_at":' || json_quote(updated_at) || ',"started_at":' || json_quote(started_at)
+    || ',"completed_at":' || json_quote(completed_at) || ',"failed_at":' || json_quote(failed_at)
+    || ',"cancelled_at":' || json_quote(cancelled_at) || ',"error":' || COALESCE(error, 'null')
+    || '}'"""
+_JOB_POST_NULL_SQL = f"""'"input_progress":null' || {_JOB_POST_TAIL_SQL}"""
+"""SQL: a job's JSON from ``input_progress`` (null, as write paths show it) to the end."""
+_JOB_POST_PROGRESS_SQL = f"""'"input_progress":' || (SELECT
+      '{{"pending":' || count(*) FILTER (WHERE status = 'pending')
+      || ',"processing":' || count(*) FILTER (WHERE status = 'processing')
+      || ',"completed":' || count(*) FILTER (WHERE status = 'completed')
+      || ',"failed":' || count(*) FILTER (WHERE status = 'failed') || '}}'
+    FROM inputs WHERE job_id = jobs.id) || {_JOB_POST_TAIL_SQL}"""
+"""SQL: the same with the job's tracked input counts (index ``inputs_job_status``)."""
+_NOT_QUEUED = '"queue_position":null,"queue_depth":null,'
 _EXTRA_MIME = {".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson"}
 
 
@@ -903,57 +925,49 @@ class Store:
 
     # --- jobs: rows to dicts ---
 
-    def _job_dicts(
-        self, conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, with_progress: bool
-    ) -> list[JSON]:
-        """Job dicts for a page of rows, with a constant number of queries for the page."""
-        queue = self._queue_info(conn, rows)
-        progress: dict[str, JSON] = {}
-        if with_progress and rows:
-            for chunk in _chunked([r["id"] for r in rows]):
-                marks = ",".join("?" * len(chunk))
-                for job_id, status, count in conn.execute(
-                    f"SELECT job_id, status, COUNT(*) FROM inputs WHERE job_id IN ({marks}) "
-                    "AND status IN ('pending','processing','completed','failed') "
-                    "GROUP BY job_id, status",
-                    list(chunk),
-                ):
-                    progress.setdefault(job_id, dict.fromkeys(TRACKED_STATUSES, 0))[status] = count
+    def _job_texts(
+        self, conn: sqlite3.Connection, tail: str, params: Sequence[Any], *, with_progress: bool
+    ) -> list[str]:
+        """Job JSON texts for the rows of ``SELECT … FROM jobs{tail}``, in its order.
+
+        SQLite writes each job's JSON itself (`_JOB_JSON_SQL`; ``parameters`` and ``error`` are
+        stored as JSON text and spliced in as they are), so a page costs one statement plus, only
+        when it holds queued jobs, one more for their positions (`_queue_info`); Python merely
+        joins strings. ``input_progress`` counts are per-job index lookups in the same statement.
+        """
+        post = _JOB_POST_PROGRESS_SQL if with_progress else _JOB_POST_NULL_SQL
+        rows = conn.execute(
+            f"SELECT status IN {_Q_IN}, id, pipeline_type, queue_key, {_JOB_PRE_SQL}, {post} "
+            f"FROM jobs{tail}",
+            params,
+        ).fetchall()
+        queued = [(job_id, pt, key) for q, job_id, pt, key, _, _ in rows if q]
+        if not queued:
+            return [pre + _NOT_QUEUED + post for _, _, _, _, pre, post in rows]
+        queue = self._queue_info(conn, queued)
         out = []
-        for row in rows:
-            position, depth = queue.get(row["id"], (None, None))
-            counts = progress.get(row["id"], dict.fromkeys(TRACKED_STATUSES, 0))
-            out.append(
-                {
-                    "id": row["id"],
-                    "org_id": row["org_id"],
-                    "name": row["name"],
-                    "pipeline_type": row["pipeline_type"],
-                    "pipeline_key": row["pipeline_key"],
-                    "pipeline_version": row["pipeline_version"],
-                    "status": row["status"],
-                    "parameters": json.loads(row["parameters"]),
-                    "retry_count": row["retry_count"],
-                    "preemption_count": row["preemption_count"],
-                    "queue_position": position,
-                    "queue_depth": depth,
-                    "input_progress": counts if with_progress else None,
-                    "created_at": row["created_at"],
-                    "updated_at": row["updated_at"],
-                    "started_at": row["started_at"],
-                    "completed_at": row["completed_at"],
-                    "failed_at": row["failed_at"],
-                    "cancelled_at": row["cancelled_at"],
-                    "error": _loads(row["error"]),
-                }
-            )
+        for q, job_id, _, _, pre, post in rows:
+            if q:
+                position, depth = queue[job_id]
+                out.append(f'{pre}"queue_position":{position},"queue_depth":{depth},{post}')
+            else:
+                out.append(pre + _NOT_QUEUED + post)
         return out
+
+    def _job_dict(self, conn: sqlite3.Connection, job_id: str, *, with_progress: bool) -> JSON:
+        """One job as a dict (the parsed `_job_texts`); NotFound if there is no such job."""
+        texts = self._job_texts(conn, " WHERE id = ?", (job_id,), with_progress=with_progress)
+        if not texts:
+            raise NotFound(f"Job {job_id} not found")
+        job: JSON = json.loads(texts[0])
+        return job
 
     @staticmethod
     def _queue_info(
-        conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]
+        conn: sqlite3.Connection, queued: Sequence[tuple[str, str, int]]
     ) -> dict[str, tuple[int, int]]:
-        """(queue_position, queue_depth) of the queued jobs among ``rows``: one SQL statement.
+        """(queue_position, queue_depth) of queued jobs, given as (id, pipeline_type,
+        queue_key): one SQL statement.
 
         Depth per pipeline type is a counter kept in step with every status change. The
         position of a job is the number of queued jobs before the page's span of queue keys
@@ -962,9 +976,8 @@ class Store:
         page of a deep queue therefore costs about its own size, never one query per job.
         """
         spans: dict[str, list[int]] = {}
-        for row in rows:
-            if row["status"] in QUEUED:
-                spans.setdefault(row["pipeline_type"], []).append(row["queue_key"])
+        for _, pipeline_type, key in queued:
+            spans.setdefault(pipeline_type, []).append(key)
         if not spans:
             return {}
         parts: list[str] = []
@@ -991,13 +1004,8 @@ class Store:
             span_keys.setdefault(pt, []).sort()
             before[pt] = depth - count - len(span_keys[pt]) if count_after else count
         return {
-            row["id"]: (
-                before[row["pipeline_type"]]
-                + bisect_right(span_keys[row["pipeline_type"]], row["queue_key"]),
-                heads[row["pipeline_type"]][0],
-            )
-            for row in rows
-            if row["status"] in QUEUED
+            job_id: (before[pt] + bisect_right(span_keys[pt], key), heads[pt][0])
+            for job_id, pt, key in queued
         }
 
     @staticmethod
@@ -1064,6 +1072,12 @@ class Store:
                 if not isinstance(item, Mapping):
                     raise InvalidRequest(f"inputs.{port_name}[{index}] must be an object")
                 items.append((str(port_name), index, item))
+        try:  # stored as JSON text and sent as it is: NaN and Infinity are not JSON
+            parameters_json = json.dumps(
+                parameters, separators=(",", ":"), sort_keys=True, allow_nan=False
+            )
+        except ValueError:
+            raise InvalidRequest("parameters must not contain NaN or Infinity") from None
         now = format_ts(self._now())
         job_id = self._new_id("job")
         with self._tx() as conn:
@@ -1116,7 +1130,7 @@ class Store:
                     pipeline_key,
                     pipeline_version,
                     PENDING,
-                    _dumps(parameters),
+                    parameters_json,
                     self._next_queue_key(conn),
                     now,
                     len(rows),
@@ -1130,7 +1144,7 @@ class Store:
                 rows,
             )
             self._bump_queue(conn, pipeline_type, 1)
-            return self._job_dicts(conn, [self._job_row(conn, job_id)], with_progress=False)[0]
+            return self._job_dict(conn, job_id, with_progress=False)
 
     def _resolve_files(
         self,
@@ -1169,7 +1183,7 @@ class Store:
     def get_job(self, job_id: str) -> JSON:
         """The job as ``GET /batch/jobs/{id}`` shows it: all 20 fields, computed parts fresh."""
         with self._tx(write=False) as conn:
-            return self._job_dicts(conn, [self._job_row(conn, job_id)], with_progress=True)[0]
+            return self._job_dict(conn, job_id, with_progress=True)
 
     def list_jobs(
         self,
@@ -1180,6 +1194,18 @@ class Store:
         limit: int | None = 100,
     ) -> JSON:
         """A JobList page, newest first; ``q`` is a case-insensitive substring of the name."""
+        page: JSON = json.loads(self.list_jobs_json(pipeline_type, status, q, offset, limit))
+        return page
+
+    def list_jobs_json(
+        self,
+        pipeline_type: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        offset: int = 0,
+        limit: int | None = 100,
+    ) -> str:
+        """`list_jobs` as JSON text, what ``GET /batch/jobs`` sends (no dicts are built)."""
         _require_text([pipeline_type, status, q], "Job filters")
         limit_sql, offset = _page_limit(limit), _check_offset(offset)
         where: list[str] = []
@@ -1196,12 +1222,18 @@ class Store:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         with self._tx(write=False) as conn:
             total = conn.execute(f"SELECT COUNT(*) FROM jobs{clause}", params).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT * FROM jobs{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            jobs = self._job_texts(
+                conn,
+                f"{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
                 [*params, limit_sql, offset],
-            ).fetchall()
-            jobs = self._job_dicts(conn, rows, with_progress=True)
-        return {"total": total, "offset": offset, "limit": limit, "jobs": jobs}
+                with_progress=True,
+            )
+        shown = "null" if limit is None else int(limit)
+        return (
+            f'{{"total":{int(total)},"offset":{offset},"limit":{shown},"jobs":['
+            + ",".join(jobs)
+            + "]}"
+        )
 
     def transition(
         self,
@@ -1219,7 +1251,7 @@ class Store:
         with self._tx() as conn:
             row = self._job_row(conn, job_id)
             self._transition(conn, row, to_status, error=error, event=event)
-            return self._job_dicts(conn, [self._job_row(conn, job_id)], with_progress=False)[0]
+            return self._job_dict(conn, job_id, with_progress=False)
 
     def _transition(
         self,
@@ -1382,20 +1414,32 @@ class Store:
         if active >= limit_running:
             return None
         row = conn.execute(
-            "SELECT * FROM jobs WHERE status = 'PENDING' ORDER BY queue_key LIMIT 1"
+            "SELECT id FROM jobs WHERE status = 'PENDING' ORDER BY queue_key LIMIT 1"
         ).fetchone()
         if row is None:
             return None
-        return self._job_dicts(conn, [row], with_progress=False)[0]
+        return self._job_dict(conn, row[0], with_progress=False)
 
     def admit_next(self, limit_running: int) -> JSON | None:
-        """Atomically pick ``next_admissible`` and move it to ADMITTED (for the scheduler)."""
+        """Atomically pick ``next_admissible`` and move it to ADMITTED (for the scheduler).
+
+        The scheduler asks after every create; most of the time nothing is admissible (all
+        slots busy), which a read transaction answers without taking the write lock that
+        creates and workers need. Only then is the pick repeated under the write lock.
+        """
+        with self._tx(write=False) as conn:
+            if not conn.execute(
+                "SELECT 1 FROM jobs WHERE status = 'PENDING' AND "
+                "(SELECT COUNT(*) FROM jobs WHERE status IN ('ADMITTED','RUNNING')) < ? LIMIT 1",
+                (limit_running,),
+            ).fetchone():
+                return None
         with self._tx() as conn:
             job = self._next_admissible(conn, limit_running)
             if job is None:
                 return None
             self._transition(conn, self._job_row(conn, job["id"]), ADMITTED)
-            return self._job_dicts(conn, [self._job_row(conn, job["id"])], with_progress=False)[0]
+            return self._job_dict(conn, job["id"], with_progress=False)
 
     def queue_depths(self) -> JSON:
         """``GET /batch/jobs/queue``: waiting jobs per pipeline type (``batch`` always listed)."""

@@ -122,6 +122,22 @@ def _upload_inputs(client: Client) -> None:
 # --- jobs -----------------------------------------------------------------------------------
 
 
+def test_list_jobs_response_is_the_store_page(backend: Backend) -> None:
+    """``GET /batch/jobs`` sends the store's JSON text as is: a valid JobList, same data."""
+    with backend.client() as client, backend.http() as http:
+        _upload_inputs(client)
+        for i in range(3):
+            assert http.post("/batch/jobs", json=_msc_body(f'é {i} "q"')).status_code == 200
+        response = http.get("/batch/jobs", params={"limit": 2, "offset": 1})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    page = m.JobList.model_validate_json(response.content)
+    assert (page.total, page.offset, page.limit, len(page.jobs)) == (3, 1, 2, 2)
+    assert response.json() == backend.store.list_jobs(offset=1, limit=2)
+    assert [j.queue_position for j in page.jobs] == [2, 1]
+    assert all(j.input_progress is not None and j.input_progress.pending == 1 for j in page.jobs)
+
+
 def test_seed_create_job_is_pending_with_queue_fields(backend: Backend) -> None:
     """The seed curl request (adapted) creates a PENDING job at the back of the queue."""
     with backend.client() as client, backend.http() as http:

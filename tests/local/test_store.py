@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import multiprocessing
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -475,6 +477,111 @@ def test_list_jobs_filters_and_order(store: Store) -> None:
     assert all(j["input_progress"] is not None for j in page["jobs"])
     with pytest.raises(InvalidRequest):
         store.list_jobs(offset=-1)
+
+
+def _expected_job(store: Store, job_id: str) -> JSON:
+    """A job's listed fields computed directly from the rows (no store helper involved)."""
+    with store._tx(write=False) as conn:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        counts = dict.fromkeys(("pending", "processing", "completed", "failed"), 0)
+        for status, n in conn.execute(
+            "SELECT status, COUNT(*) FROM inputs WHERE job_id = ? GROUP BY status", (job_id,)
+        ):
+            if status in counts:
+                counts[status] = n
+        position = depth = None
+        if row["status"] in ("PENDING", "PREEMPTED"):
+            queued = "status IN ('PENDING','PREEMPTED') AND pipeline_type = ?"
+            position, depth = conn.execute(
+                f"SELECT SUM(queue_key <= ?), COUNT(*) FROM jobs WHERE {queued}",
+                (row["queue_key"], row["pipeline_type"]),
+            ).fetchone()
+    fields: tuple[str, ...] = ("id", "org_id", "name", "pipeline_type", "pipeline_key")
+    fields += ("pipeline_version",)
+    fields += ("status", "retry_count", "preemption_count", "created_at", "updated_at")
+    fields += ("started_at", "completed_at", "failed_at", "cancelled_at")
+    expected: JSON = {key: row[key] for key in fields}
+    expected["parameters"] = json.loads(row["parameters"])
+    expected["error"] = None if row["error"] is None else json.loads(row["error"])
+    expected.update(queue_position=position, queue_depth=depth, input_progress=counts)
+    return expected
+
+
+def test_list_jobs_json_is_the_page_the_models_read(store: Store) -> None:
+    """The JSON text the route sends: valid per JobList, equal to the rows field by field
+    (queue positions, input_progress, stored parameters and error), with awkward strings."""
+    names = ['quote " back \\ slash', "tab\tnew\nline \x01 \x7f", "unicode é ✓ 日本 \u2028 😀"]
+    ids = [new_job(store, name=n) for n in names]
+    failed = new_job(store, "FAILED", name="failed")
+    store.transition(ids[0], "ADMITTED")
+    store.transition(ids[0], "RUNNING")
+    inputs = tracked_inputs(store, ids[0])
+    store.set_input_status(inputs[0]["id"], "completed")
+    store.set_input_status(inputs[1]["id"], "processing")
+    store.transition(ids[0], "PREEMPTED")  # processing -> pending, keeps its queue place
+    odd_parameters = {"é": {"v": ["✓", 1.5, None, True, {"\\": '"'}]}, "a": {}}
+    odd = request("params", parameters=odd_parameters)
+    odd_id = store.create_job(odd, None, PORTS)["id"]
+    text = store.list_jobs_json()
+    page = m.JobList.model_validate_json(text)
+    assert page.total == 5 and [j.id for j in page.jobs] == [odd_id, failed, *ids[::-1]]
+    parsed = json.loads(text)
+    assert parsed == store.list_jobs()
+    for job in parsed["jobs"]:
+        assert list(job) == list(m.JobRecord.model_fields)  # every field, in model order
+        assert job == _expected_job(store, job["id"])
+        assert job == store.get_job(job["id"])
+    by_id = {j["id"]: j for j in parsed["jobs"]}
+    assert [by_id[i]["name"] for i in ids] == names
+    assert by_id[ids[0]]["input_progress"] == {
+        "pending": 1,
+        "processing": 0,
+        "completed": 1,
+        "failed": 0,
+    }
+    assert (by_id[ids[0]]["queue_position"], by_id[ids[0]]["queue_depth"]) == (1, 4)
+    assert by_id[failed]["queue_position"] is None and by_id[failed]["error"] is None
+    assert by_id[odd_id]["parameters"] == odd["parameters"]
+    assert by_id[odd_id]["pipeline_version"] is None
+    empty = json.loads(store.list_jobs_json(q="nothing", limit=None))
+    assert empty == {"total": 0, "offset": 0, "limit": None, "jobs": []}
+
+
+def test_job_parameters_must_be_json(store: Store) -> None:
+    """NaN/Infinity are refused at creation: the stored text is sent as it is."""
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match="NaN"):
+            store.create_job(request(parameters={"x": bad}), "1", PORTS)
+    assert store.list_jobs()["total"] == 0
+
+
+def test_admit_next_when_full_takes_no_write_lock(store: Store) -> None:
+    """The scheduler asks after every create; with no free slot the answer needs no writer."""
+    running = new_job(store, "RUNNING")
+    pending = new_job(store)
+    hold = threading.Event()
+    done = threading.Event()
+
+    def writer() -> None:  # holds the store's write lock while admit_next runs
+        with store._tx() as conn:
+            conn.execute("UPDATE meta SET value = value WHERE key = 'org_id'")
+            hold.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert hold.wait(10)
+        started = time.monotonic()
+        assert store.admit_next(1) is None  # would wait for the writer if it wrote
+        assert time.monotonic() - started < 5
+    finally:
+        done.set()
+        thread.join()
+    admitted = store.admit_next(2)
+    assert admitted is not None and admitted["id"] == pending and admitted["status"] == "ADMITTED"
+    assert store.get_job(running)["status"] == "RUNNING"
+    assert store.admit_next(5) is None  # nothing PENDING left
 
 
 def _statements(store: Store, call: Callable[[], Any]) -> int:
