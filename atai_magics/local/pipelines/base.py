@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-# Levels and input statuses as the platform spells them (reference §5, §7.2).
-LEVELS = ("INFO", "WARN", "ERROR", "SUCCESS", "FAILED")
-INPUT_STATUSES = ("processing", "completed", "failed")
-
 
 @dataclass(frozen=True)
 class InputFile:
