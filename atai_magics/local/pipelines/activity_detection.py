@@ -27,6 +27,7 @@ from .base import (
     PipelineFailure,
     RunContext,
     deep_merge,
+    fail_input,
     port,
     schema_defaults,
 )
@@ -371,17 +372,6 @@ def _answer(model: ActivityModel, index: int, text: str | None) -> dict[str, Any
         return {"line_index": index, "prediction": None, "error": str(exc)}
 
 
-def _fail_input(ctx: RunContext, f: InputFile, message: str) -> None:
-    ctx.input_status(f.input_id, "failed", message)
-    ctx.event(
-        "FAILED",
-        "inference.failed",
-        f"Processing failed for {f.file_id}",
-        input_id=f.input_id,
-        payload={"error": message},
-    )
-
-
 def process_file(
     ctx: RunContext,
     model: ActivityModel,
@@ -399,9 +389,7 @@ def process_file(
             f"Processing input {position}: {f.file_id} (item count unknown)",
             input_id=f.input_id,
         )
-        _fail_input(
-            ctx, f, f"Unsupported file type {f.file_type!r} for {f.file_id}: {RECORD_SHAPE}"
-        )
+        fail_input(ctx, f, f"Unsupported file type {f.file_type!r} for {f.file_id}: {RECORD_SHAPE}")
         return True
     total = _count_items(f)
     ctx.event(
@@ -482,7 +470,7 @@ def run(ctx: RunContext) -> None:
             if not process_file(ctx, model, f, position, batch_size, steps):
                 return
         except OSError as exc:
-            _fail_input(ctx, f, f"Could not read {f.file_id}: {exc}")
+            fail_input(ctx, f, f"Could not read {f.file_id}: {exc}")
 
 
 PIPELINE = LocalPipeline(

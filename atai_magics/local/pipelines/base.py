@@ -72,6 +72,18 @@ class RunContext(Protocol):
     def cancelled(self) -> bool: ...
 
 
+def fail_input(ctx: RunContext, f: InputFile, message: str) -> None:
+    """Mark a tracked input failed, with the platform's FAILED ``inference.failed`` event."""
+    ctx.input_status(f.input_id, "failed", message)
+    ctx.event(
+        "FAILED",
+        "inference.failed",
+        f"Processing failed for {f.file_id}",
+        input_id=f.input_id,
+        payload={"error": message},
+    )
+
+
 @dataclass(frozen=True)
 class LocalPipeline:
     """A pipeline as the local registry publishes it (shapes follow reference §8.1 and §8.4)."""

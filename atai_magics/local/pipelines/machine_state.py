@@ -28,6 +28,7 @@ from .base import (
     PipelineFailure,
     RunContext,
     deep_merge,
+    fail_input,
     port,
     schema_defaults,
 )
@@ -435,15 +436,7 @@ def run(ctx: RunContext) -> None:
             try:
                 n = classify_file(ctx, s, model, f, steps)
             except (PipelineFailure, OSError, UnicodeDecodeError, csv.Error) as exc:
-                message = str(exc)
-                ctx.input_status(f.input_id, "failed", message)
-                ctx.event(
-                    "FAILED",
-                    "inference.failed",
-                    f"Processing failed for {f.file_id}",
-                    input_id=f.input_id,
-                    payload={"error": message},
-                )
+                fail_input(ctx, f, str(exc))
                 continue
             ctx.input_status(f.input_id, "completed")
             ctx.event(
