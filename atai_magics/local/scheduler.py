@@ -69,7 +69,14 @@ from atai_magics.local.pipelines import (
     RunContext,
     merge_config,
 )
-from atai_magics.local.store import NotFound, StaleAttempt, StateConflict, Store, StoreError
+from atai_magics.local.store import (
+    NotFound,
+    StaleAttempt,
+    StateConflict,
+    Store,
+    StoreError,
+    _pid_alive,
+)
 
 __all__ = ["BACKOFF_MESSAGE", "Scheduler"]
 
@@ -349,13 +356,7 @@ def _process_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     except OSError:  # no /proc: ask the kernel, which cannot tell zombies apart
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _pid_alive(pid)
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
