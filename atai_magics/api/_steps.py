@@ -76,7 +76,7 @@ Outcome = httpx.Response | AtaiError
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter; ``Retry-After`` wins when the server gives it."""
+    """Exponential backoff, jittered between half and all of it; ``Retry-After`` wins if given."""
 
     max_retries: int = 3
     backoff: float = 0.5
