@@ -1585,14 +1585,8 @@ class Store:
             offset,
             limit,
         )
-        events = [self._event_dict(r) for r in rows]
-        return {
-            "job_id": job_id,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "events": events,
-        }
+        rows_json = [self._event_dict(r) for r in rows]
+        return _job_list(job_id, total, offset, limit, "events", rows_json)
 
     @staticmethod
     def _progress_dict(row: sqlite3.Row) -> JSON:
@@ -1662,14 +1656,8 @@ class Store:
         total, rows = self._job_page(
             "progress", job_id, {"kind": kind, "input_id": input_id}, "id", offset, limit
         )
-        entries = [self._progress_dict(r) for r in rows]
-        return {
-            "job_id": job_id,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "entries": entries,
-        }
+        rows_json = [self._progress_dict(r) for r in rows]
+        return _job_list(job_id, total, offset, limit, "entries", rows_json)
 
     # --- inputs ---
 
@@ -1706,14 +1694,8 @@ class Store:
         total, rows = self._job_page(
             "inputs", job_id, {"port_name": port_name, "status": status}, "seq", offset, limit
         )
-        inputs = [self._input_dict(r) for r in rows]
-        return {
-            "job_id": job_id,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "inputs": inputs,
-        }
+        rows_json = [self._input_dict(r) for r in rows]
+        return _job_list(job_id, total, offset, limit, "inputs", rows_json)
 
     def get_input(self, input_id: str) -> JSON:
         with self._tx(write=False) as conn:
@@ -1836,13 +1818,7 @@ class Store:
             }
             for r in rows
         ]
-        return {
-            "job_id": job_id,
-            "total": total_n,
-            "offset": offset,
-            "limit": limit,
-            "items": items,
-        }
+        return _job_list(job_id, total_n, offset, limit, "items", items)
 
     # --- traces ---
 
@@ -2031,14 +2007,8 @@ class Store:
         total, rows = self._job_page(
             "outputs", job_id, {"port_name": port_name, "input_id": input_id}, "seq", offset, limit
         )
-        outputs = [self._output_dict(r) for r in rows]
-        return {
-            "job_id": job_id,
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-            "outputs": outputs,
-        }
+        rows_json = [self._output_dict(r) for r in rows]
+        return _job_list(job_id, total, offset, limit, "outputs", rows_json)
 
     def get_output(self, output_id: str) -> JSON:
         with self._tx(write=False) as conn:
@@ -2655,3 +2625,10 @@ class Store:
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         if is_id(upload_id, "upl"):
             shutil.rmtree(self.uploads_dir / upload_id, ignore_errors=True)
+
+
+def _job_list(
+    job_id: str, total: int, offset: int, limit: int | None, key: str, rows: list[JSON]
+) -> JSON:
+    """The envelope of the job-scoped lists: ``{job_id, total, offset, limit, <key>}``."""
+    return {"job_id": job_id, "total": total, "offset": offset, "limit": limit, key: rows}
