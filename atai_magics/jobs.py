@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "JobTimeout", "Journal", "JournalEntry"]
 
+FSYNC_DELAY = 1.0
+"""Seconds within which a journal entry is fsynced (coalesced across entries)."""
 POLL_START = 0.5
 POLL_MAX = 5.0
 _PART_NUMBER = re.compile(r"_part_(\d+)\.[^.]+$")
@@ -282,13 +284,6 @@ class JournalEntry:
     )
 
 
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """An append-only JSON-lines file of submitted jobs.
 
@@ -301,10 +296,12 @@ class Journal:
         self._lock = threading.Lock()
         self._entries: list[JournalEntry] = []
         self._offset = 0
+        self._fsync: threading.Timer | None = None
 
     def record(self, entry: JournalEntry) -> None:
         """Append one entry. The write reaches the OS before this returns, so it survives the
-        kernel dying; the fsync against a power cut follows on a background thread."""
+        kernel dying; an fsync against a power cut follows within ``FSYNC_DELAY`` seconds,
+        coalesced, so back-to-back cells never wait for the disk."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
@@ -314,10 +311,21 @@ class Journal:
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a line torn by a crash must not swallow this one
                 os.write(fd, line)
-            except BaseException:
+            finally:
                 os.close(fd)
-                raise
-        threading.Thread(target=_fsync_and_close, args=(fd,), daemon=True).start()
+            if self._fsync is None:
+                self._fsync = threading.Timer(FSYNC_DELAY, self._sync)
+                self._fsync.daemon = True
+                self._fsync.start()
+
+    def _sync(self) -> None:
+        with self._lock:
+            self._fsync = None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def entries(self) -> list[JournalEntry]:
         """Every entry, oldest first; a line torn by a crash is skipped."""
