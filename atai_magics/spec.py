@@ -979,6 +979,22 @@ class ClientResolver:
         return self._listed_files
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A jsonschema validator, built once per schema object (the resolver caches schemas, so
+    an unchanged cell re-run reuses it); the schema is kept alongside, so ids never alias."""
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if len(_VALIDATORS) >= 64:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, cls(schema))
+    return _VALIDATORS[id(schema)][1]
+
+
 def _components(schema: PipelineSchema) -> list[str]:
     """Component names, from the ``<component>.<port>`` keys of the input ports."""
     return sorted({port.split(".", 1)[0] for port in schema.inputs if "." in port})
@@ -1139,8 +1155,7 @@ class _Checker:
             self.check_config(config, sub, ("parameters", name, "config"))
 
     def check_config(self, config: Any, schema: dict[str, Any], base: Path) -> None:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        validator = cls(schema)
+        validator = _validator(schema)
         try:
             found = list(validator.iter_errors(config))
         except jsonschema.SchemaError as exc:  # pragma: no cover - a broken pipeline schema
