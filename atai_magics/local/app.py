@@ -634,6 +634,17 @@ class _Backend:
         self.wake()
         return JSONResponse(result)
 
+    async def job_page(
+        self, request: Request, list_page: Callable[..., JSON], *filters: str
+    ) -> JSON:
+        """A job-scoped list from the store: the job id, the named string filters from the
+        query (in the store method's order), then ``offset`` and ``limit``."""
+        offset, limit = _offset_limit(request)
+        args = [_str_param(request, name) for name in filters]
+        return await run_in_threadpool(
+            list_page, request.path_params["job_id"], *args, offset, limit
+        )
+
     async def cancel_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         result = await run_in_threadpool(self.store.cancel, job_id)
@@ -642,40 +653,17 @@ class _Backend:
         return JSONResponse(result)
 
     async def events(self, request: Request) -> Response:
-        offset, limit = _offset_limit(request)
-        page = await run_in_threadpool(
-            self.store.list_events,
-            request.path_params["job_id"],
-            _str_param(request, "level"),
-            _str_param(request, "event_type"),
-            _str_param(request, "input_id"),
-            offset,
-            limit,
+        page = await self.job_page(
+            request, self.store.list_events, "level", "event_type", "input_id"
         )
         return JSONResponse(page)
 
     async def progress(self, request: Request) -> Response:
-        offset, limit = _offset_limit(request)
-        page = await run_in_threadpool(
-            self.store.list_progress,
-            request.path_params["job_id"],
-            _str_param(request, "kind"),
-            _str_param(request, "input_id"),
-            offset,
-            limit,
-        )
+        page = await self.job_page(request, self.store.list_progress, "kind", "input_id")
         return JSONResponse(page)
 
     async def inputs(self, request: Request) -> Response:
-        offset, limit = _offset_limit(request)
-        page = await run_in_threadpool(
-            self.store.list_inputs,
-            request.path_params["job_id"],
-            _str_param(request, "port_name"),
-            _str_param(request, "status"),
-            offset,
-            limit,
-        )
+        page = await self.job_page(request, self.store.list_inputs, "port_name", "status")
         page["inputs"] = [self.sign_input(request, i) for i in page["inputs"]]
         return JSONResponse(page)
 
@@ -722,15 +710,7 @@ class _Backend:
         return JSONResponse(traces, headers={"ETag": etag})
 
     async def outputs(self, request: Request) -> Response:
-        offset, limit = _offset_limit(request)
-        page = await run_in_threadpool(
-            self.store.list_outputs,
-            request.path_params["job_id"],
-            _str_param(request, "port_name"),
-            _str_param(request, "input_id"),
-            offset,
-            limit,
-        )
+        page = await self.job_page(request, self.store.list_outputs, "port_name", "input_id")
         page["outputs"] = [self.sign_output(request, o) for o in page["outputs"]]
         return JSONResponse(page)
 
