@@ -30,6 +30,11 @@ def has_live_frontend(shell: Any) -> bool:
     return bool(allow_stdin)
 
 
+def in_kernel(shell: Any) -> bool:
+    """Whether the shell runs in a Jupyter kernel (so widgets can be shown, even if headless)."""
+    return _kernel(shell) is not None
+
+
 def should_wait(shell: Any, setting: str, requested: bool) -> bool:
     """``--wait``, else ``ATAI_MAGICS_WAIT``, else the ``wait`` setting (auto: no live UI)."""
     if requested:

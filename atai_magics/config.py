@@ -51,7 +51,7 @@ class Settings:
     """State directory of the local backend; unset means ATAI_LOCAL_HOME or the data dir."""
     local_concurrency: int = 2
     """Jobs the local backend runs at once (when it is started by the extension)."""
-    poll: float = 2.0
+    poll: float = 1.0
     """Seconds between status checks while waiting."""
     timeout: float | None = None
     """Seconds --wait waits before giving up (the job keeps running); unset waits forever."""

@@ -32,14 +32,28 @@ from .api.errors import Conflict
 
 if TYPE_CHECKING:
     from .api.client import Client
+    from .ui.view import CardView
 
-__all__ = ["Job", "JobTimeout", "Journal", "JournalEntry"]
+__all__ = ["Job", "JobTimeout", "Journal", "JournalEntry", "failure_reasons"]
 
 FSYNC_DELAY = 1.0
 """Seconds within which a journal entry is fsynced (coalesced across entries)."""
 POLL_START = 0.5
 POLL_MAX = 5.0
 _PART_NUMBER = re.compile(r"_part_(\d+)\.[^.]+$")
+
+
+def failure_reasons(record: m.JobRecord, failed_events: int) -> tuple[str, ...]:
+    """Why a COMPLETED record is not a plain success (reference §11.3); empty otherwise."""
+    if record.status != m.JobStatus.COMPLETED:
+        return ()
+    reasons = []
+    counts = record.input_progress
+    if counts is not None and counts.failed:
+        reasons.append(f"{counts.failed} of {counts.total} inputs failed")
+    if failed_events:
+        reasons.append(f"{failed_events} FAILED event{'s' * (failed_events != 1)}")
+    return tuple(reasons)
 
 
 class JobTimeout(TimeoutError):
@@ -100,18 +114,19 @@ class Job:
         """
         if self.status != m.JobStatus.COMPLETED:
             return []
-        reasons = []
-        counts = self.record.input_progress
-        if counts is not None and counts.failed:
-            reasons.append(f"{counts.failed} of {counts.total} inputs failed")
+        return list(failure_reasons(self.record, self._failed_event_count()))
+
+    def _failed_event_count(self) -> int:
+        """FAILED-level events of a finished job, fetched once per state."""
         stamp = str(self.record.updated_at)
         if self._failed_events is None or self._failed_events[0] != stamp:
             total = self.client.list_events(self.id, level="FAILED", limit=1).total
             self._failed_events = (stamp, total)
-        failed_events = self._failed_events[1]
-        if failed_events:
-            reasons.append(f"{failed_events} FAILED event{'s' * (failed_events != 1)}")
-        return reasons
+        return self._failed_events[1]
+
+    def note_failed_events(self, record: m.JobRecord, count: int) -> None:
+        """Remember a FAILED-event count fetched elsewhere (the watcher), for ``failures``."""
+        self._failed_events = (str(record.updated_at), count)
 
     @property
     def summary(self) -> str:
@@ -207,24 +222,17 @@ class Job:
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name!r} {self.status.value}>"
 
-    def _text(self) -> str:
-        record = self.record
-        pipeline = f"{record.pipeline_key}@{record.pipeline_version}"
-        lines = [f"Job {record.name!r} ({pipeline}): {self.summary}", record.id]
-        counts = record.input_progress
-        if counts is not None and counts.total:
-            lines.append(
-                f"inputs: {counts.completed} completed, {counts.failed} failed, "
-                f"{counts.processing} processing, {counts.pending} pending"
-            )
-        return "\n".join(lines)
+    def view(self) -> CardView:
+        """What the card shows for the latest record (no events or outputs fetched)."""
+        from .ui.view import CardView, backend_label
+        from .watch import Snapshot
+
+        failed = self._failed_event_count() if self.status == m.JobStatus.COMPLETED else 0
+        snapshot = Snapshot(self.record, failed_events=failed)
+        return CardView.of(snapshot, backend_label(self.client.base_url))
 
     def _repr_mimebundle_(self, **_: Any) -> dict[str, str]:
-        import html
-
-        text = self._text()
-        body = "<br>".join(html.escape(line) for line in text.splitlines())
-        return {"text/plain": text, "text/html": f"<div class='atai-job'>{body}</div>"}
+        return self.view().mimebundle()
 
 
 def ordered_outputs(outputs: list[m.Output]) -> list[m.Output]:

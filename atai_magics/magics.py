@@ -82,7 +82,7 @@ class AtaiMagics(Magics):
     api_key_env = Unicode("ATAI_API_KEY", help="Variable holding the API key").tag(config=True)
     local_home = Unicode(None, allow_none=True, help="Local backend state dir").tag(config=True)
     local_concurrency = Int(2, help="Jobs the local backend runs at once").tag(config=True)
-    poll = Float(2.0, help="Seconds between status checks").tag(config=True)
+    poll = Float(1.0, help="Seconds between status checks").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds --wait waits").tag(config=True)
     wait = Unicode("auto", help="auto, always or never").tag(config=True)
     journal = Unicode(None, allow_none=True, help="Journal path").tag(config=True)
@@ -122,9 +122,14 @@ class AtaiMagics(Magics):
             return None
         if options.var:
             self._ns[options.var] = result
+        # A card where widgets can render: a live front end, or a kernel not waiting here.
+        card = not options.no_card and _env.in_kernel(self.shell)
+        card = card and (not wait or _env.has_live_frontend(self.shell))
+        if card:
+            self.session.card(result).show()
         if wait:
             self.session.wait(result, options)
-        if not options.quiet:
+        if not card and not options.quiet:
             display(result)
         return None
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from .api.errors import AtaiError, ConfigError, NotFound
 from .config import Settings
@@ -25,6 +24,7 @@ if TYPE_CHECKING:  # loaded on first use, so that %load_ext stays cheap
     from .api.client import Client
     from .jobs import Job, Journal, JournalEntry
     from .spec import ClientResolver
+    from .ui.card import JobCard
 
 __all__ = ["CellOptions", "JobFailed", "OptionsError", "Session", "parse_cell_options"]
 
@@ -166,9 +166,9 @@ class Session:
     @property
     def backend_label(self) -> str:
         """``LOCAL`` for the embedded backend, else the API host."""
-        if self.settings.backend().is_local:
-            return "LOCAL"
-        return urlsplit(self.endpoint).hostname or self.endpoint
+        from .ui.view import backend_label
+
+        return backend_label(self.endpoint)
 
     @property
     def resolver(self) -> ClientResolver:
@@ -294,6 +294,14 @@ class Session:
         if job.status.value in ("FAILED", "CANCELLED"):
             raise JobFailed(_failure_text(job))
         return job
+
+    def card(self, job: Job) -> JobCard:
+        """A live card for the job, watched by the kernel's watcher at the ``poll`` interval."""
+        from . import ui
+        from .watch import default_watcher
+
+        default_watcher().interval = self.settings.poll
+        return ui.card_for(job, show=False)
 
     # --- line commands ----------------------------------------------------------------------
 

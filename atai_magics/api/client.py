@@ -179,6 +179,17 @@ class Client(_BaseClient):
     def close(self) -> None:
         self._http.close()
 
+    def async_twin(self, *, max_retries: int | None = None) -> AsyncClient:
+        """An ``AsyncClient`` for the same API with the same key source (for the watcher)."""
+        twin = AsyncClient(
+            self.base_url,
+            None,
+            timeout=self.timeout,
+            max_retries=self.retry.max_retries if max_retries is None else max_retries,
+        )
+        twin._key_given, twin._get_key, twin._auth = self._key_given, self._get_key, self._auth
+        return twin
+
     # --- the driver -----------------------------------------------------------------------
 
     def _run(self, flow: Flow[R]) -> R:
