@@ -41,6 +41,8 @@ EVENT_TAIL = 20
 OUTPUT_SHOW = 20
 """Outputs a snapshot lists (the first page; ``output_total`` counts them all)."""
 PAGE_LIMIT = 1000
+DETAIL_CONCURRENCY = 4
+"""Jobs whose details are fetched at once (the first tick after 200 submissions has 200)."""
 MAX_EXTRA_PAGES = 2
 """Further list pages tried for watched jobs missing from the first, before fetching each."""
 
@@ -268,24 +270,27 @@ class Watcher:
 
     async def _tick_group(self, client: AsyncClient, group: list[_Watched]) -> None:
         records = await self._records(client, {entry.job.id for entry in group})
-        for entry in group:
+        gate = asyncio.Semaphore(DETAIL_CONCURRENCY)
+
+        async def update(entry: _Watched) -> None:
             record = records.get(entry.job.id)
             if record is None:  # deleted: show the last state, stop watching
                 self._finish(entry, replace(entry.snapshot, reconnecting=None, final=True))
-                continue
-            old = entry.snapshot.record
-            changed = entry.force_detail or _state(record) != _state(old)
+                return
+            changed = entry.force_detail or _state(record) != _state(entry.snapshot.record)
             entry.job.update(record)
             snap = replace(entry.snapshot, record=record, reconnecting=None)
-            if record.status.is_terminal:
-                snap = await self._details(client, entry, snap, final=True)
-                self._finish(entry, replace(snap, final=True))
-                continue
-            if changed or record.status == m.JobStatus.RUNNING:
-                snap = await self._details(client, entry, snap, final=False)
+            final = record.status.is_terminal
+            if final or changed or record.status == m.JobStatus.RUNNING:
+                async with gate:
+                    snap = await self._details(client, entry, snap, final=final)
             entry.force_detail = False
-            if snap != entry.snapshot:
+            if final:
+                self._finish(entry, replace(snap, final=True))
+            elif snap != entry.snapshot:
                 self._publish(entry, snap)
+
+        await asyncio.gather(*(update(entry) for entry in group))
 
     async def _records(self, client: AsyncClient, wanted: set[str]) -> dict[str, m.JobRecord]:
         """The watched jobs' records: one list page, a few more if needed, then one by one."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,14 +46,16 @@ def plugin_pythonpath(site: Path) -> str:
     return os.pathsep.join(p for p in paths if p)
 
 
-@pytest.fixture(scope="session")
-def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
-    """The backend with the ``slow-test`` plug-in, shared by the tests of a session."""
-    home: Path = tmp_path_factory.mktemp("local-home")
+@contextlib.contextmanager
+def plugin_backend(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any
+) -> Iterator[LocalBackend]:
+    """A backend of its own, with the ``slow-test`` plug-in, stopped on exit."""
+    home: Path = tmp_path_factory.mktemp(f"{name}-home")
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = plugin_pythonpath(tmp_path_factory.mktemp("site"))
+    os.environ["PYTHONPATH"] = plugin_pythonpath(tmp_path_factory.mktemp(f"{name}-site"))
     try:
-        info = server.start(home, concurrency=2)
+        info = server.start(home, **options)
     finally:
         if saved is None:
             del os.environ["PYTHONPATH"]
@@ -61,6 +65,13 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBac
         yield LocalBackend(info)
     finally:
         server.stop(home)
+
+
+@pytest.fixture(scope="session")
+def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """The backend with the ``slow-test`` plug-in, shared by the tests of a session."""
+    with plugin_backend(tmp_path_factory, "local", concurrency=2) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -20,9 +19,8 @@ from atai_magics.api import models as m
 from atai_magics.api.client import AsyncClient, Client
 from atai_magics.api.errors import AtaiError
 from atai_magics.jobs import Job
-from atai_magics.local import server
 from atai_magics.watch import Snapshot, Watcher
-from tests.conftest import LocalBackend, plugin_pythonpath
+from tests.conftest import LocalBackend, plugin_backend
 
 FAST = {"interval": 0.05, "fast": 0.05, "slow": 0.2, "max_backoff": 0.3}
 
@@ -55,13 +53,17 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 90) -> None:
         time.sleep(0.05)
 
 
-def _slow_job(client: Client, tag: str, **config: Any) -> Job:
-    for attempt in range(20):  # an upload (a POST) is not retried by the client on a 5xx
+def _insist(action: Callable[[], Any]) -> Any:
+    """Repeat a POST the client does not retry on a 5xx (an upload, a cancel) under faults."""
+    for attempt in range(20):
         try:
-            client.upload_bytes(b"x", f"w-{tag}.txt", "text/plain")
-            break
+            return action()
         except AtaiError:
             assert attempt < 19
+
+
+def _slow_job(client: Client, tag: str, **config: Any) -> Job:
+    _insist(lambda: client.upload_bytes(b"x", f"w-{tag}.txt", "text/plain"))
     record = client.create_job(
         {
             "name": f"watch-{tag}",
@@ -153,13 +155,14 @@ def test_one_list_request_per_tick_covers_200_jobs(fake: Any) -> None:
     api, watcher, jobs = fake(200)
     for job in jobs:
         watcher.watch(job)
-    _wait_until(lambda: watcher.stats.ticks >= 6)
-    watcher.stop()
-    ticks = watcher.stats.ticks
-    assert api.count("/batch/jobs") == ticks  # one status request per tick for all 200
-    assert watcher.stats.status_requests == ticks
-    # Details only on the first sight of each job (3 each), none while nothing changes.
+    # Details once for each job on first sight (events, progress, outputs) ...
+    _wait_until(lambda: watcher.stats.detail_requests >= 3 * 200)
+    first = watcher.stats.ticks
+    _wait_until(lambda: watcher.stats.ticks >= first + 5)
+    watcher.stop()  # lets the current tick finish: the counts below are whole ticks
+    # ... then none while nothing changes, and one status request per tick for all 200.
     assert watcher.stats.detail_requests == 3 * 200
+    assert api.count("/batch/jobs") == watcher.stats.status_requests == watcher.stats.ticks
 
 
 def test_running_jobs_get_detail_calls_and_ended_jobs_stop_being_watched(fake: Any) -> None:
@@ -168,8 +171,7 @@ def test_running_jobs_get_detail_calls_and_ended_jobs_stop_being_watched(fake: A
     seen = Recorder()
     for job in jobs:
         watcher.watch(job, seen if job.id == "job_0002" else None)
-    _wait_until(lambda: watcher.stats.ticks >= 3)
-    assert api.count("/batch/jobs/job_0001/events") >= 3  # RUNNING: every tick
+    _wait_until(lambda: api.count("/batch/jobs/job_0001/events") >= 3)  # RUNNING: every tick
     assert api.count("/batch/jobs/job_0000/events") == 1  # PENDING, unchanged: once
     api.jobs["job_0002"].update(status="COMPLETED", updated_at="2026-11-29T10:01:00Z")
     assert seen.done.wait(10)
@@ -261,25 +263,16 @@ def test_real_jobs_reach_their_end_states(local_backend: LocalBackend, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def faulty_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.ServerInfo]:
+def faulty_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
     """A backend of its own whose API answers 5xx, 429, slowly, or drops the connection."""
-    home = tmp_path_factory.mktemp("faulty-home")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = plugin_pythonpath(tmp_path_factory.mktemp("faulty-site"))
     faults = "error_rate=0.15,rate_limit_rate=0.1,retry_after=1,latency_ms=20,drop_rate=0.1"
-    try:
-        info = server.start(home, concurrency=2, faults=faults)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
-    yield info
-    server.stop(home)
+    with plugin_backend(tmp_path_factory, "faulty", concurrency=2, faults=faults) as backend:
+        yield backend
 
 
-def test_every_card_ends_right_under_faults(faulty_backend: server.ServerInfo, caplog: Any) -> None:
-    client = Client(faulty_backend.url, api_key=faulty_backend.token(), max_retries=8)
+def test_every_card_ends_right_under_faults(faulty_backend: LocalBackend, caplog: Any) -> None:
+    info = faulty_backend.info
+    client = Client(info.url, api_key=info.token(), max_retries=8)
     tag = uuid.uuid4().hex[:8]
     jobs = [_slow_job(client, f"q{tag}{i}", seconds=0.2) for i in range(4)]
     jobs.append(_slow_job(client, f"x{tag}", fail="boom"))
@@ -292,7 +285,7 @@ def test_every_card_ends_right_under_faults(faulty_backend: server.ServerInfo, c
             for job in jobs:
                 watcher.watch(job, seen[job.id])
             _wait_until(lambda: "RUNNING" in seen[long.id].statuses, timeout=120)
-            long.cancel()
+            _insist(long.cancel)
             for job in jobs:
                 assert seen[job.id].done.wait(120), job.id
         finally:

@@ -197,7 +197,8 @@ class JobCard(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                     text = f"saved {path}"
                 colour = "#374151"
             except (AtaiError, OSError, StopIteration) as exc:
-                text, colour = f"download failed: {str(exc) or 'the output is no longer listed'}", "#b91c1c"
+                reason = str(exc) or "the output is no longer listed"
+                text, colour = f"download failed: {reason}", "#b91c1c"
             self.notice = text
             self._notice.value = f"<span style='color:{colour}'>{_escape(text)}</span>"
 

@@ -1,0 +1,124 @@
+"""In a real kernel run by nbclient: the card keeps moving while another cell blocks.
+
+A second client listens to the kernel's iopub channel (every message, whatever its parent),
+so the test sees *when* the card's widget updates and the final display update arrive: inside
+the busy window of a cell that sits in ``time.sleep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client import BlockingKernelClient
+from nbclient import NotebookClient
+
+from tests.conftest import LocalBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKING = "import time\nwhile not job.done:  # the watcher's thread updates job.record\n"
+
+
+class IopubListener:
+    """Every iopub message of a kernel, in order, from a client of its own."""
+
+    def __init__(self, km: Any) -> None:
+        self.kc = BlockingKernelClient()  # nbclient's own clients are async
+        self.kc.load_connection_info(km.get_connection_info())
+        self.kc.start_channels(shell=False, stdin=False, hb=False, control=False)
+        self.messages: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.kc.get_iopub_msg(timeout=0.2))
+            except queue.Empty:
+                continue
+
+    def stop(self) -> None:
+        time.sleep(0.5)  # the last messages are in flight
+        self._stop.set()
+        self._thread.join(5)
+        self.kc.stop_channels()
+
+
+def test_the_card_advances_while_a_cell_blocks(
+    local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    local_backend.client().upload_bytes(b"x", f"k-{tag}.txt", "text/plain")
+    monkeypatch.setenv("ATAI_LOCAL_HOME", str(local_backend.info.home))
+    monkeypatch.setenv("ATAI_MAGICS_WAIT", "0")  # nbclient is no live front end: do not wait
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for name in ("ATAI_API_KEY", "ATAI_API_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    cells = [
+        "%load_ext atai_magics",
+        f"%%atai_job job\nname: kernel-{tag}\npipeline: slow-test\n"
+        f"inputs:\n  worker.data: [k-{tag}.txt]\nconfig:\n  seconds: 2\n",
+        BLOCKING + "    time.sleep(0.2)\nprint(job.status.value)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    listeners: list[IopubListener] = []
+
+    async def listen(**_: Any) -> None:
+        listeners.append(IopubListener(client.km))
+        await asyncio.sleep(0.5)  # let the subscription settle before the cells run
+
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", on_notebook_start=listen)
+    try:
+        client.execute(cwd=str(tmp_path))
+    finally:
+        for listener in listeners:
+            listener.stop()
+    assert nb.cells[2].outputs[0]["text"].strip() == "COMPLETED"
+    messages = listeners[0].messages
+
+    # The blocking cell's busy window, found by its code.
+    blocking_id = next(
+        m["parent_header"]["msg_id"]
+        for m in messages
+        if m["msg_type"] == "execute_input" and m["content"]["code"].startswith(BLOCKING)
+    )
+    start = next(
+        i
+        for i, m in enumerate(messages)
+        if m["msg_type"] == "status"
+        and m["parent_header"].get("msg_id") == blocking_id
+        and m["content"]["execution_state"] == "busy"
+    )
+    end = next(
+        i
+        for i, m in enumerate(messages)
+        if i > start
+        and m["msg_type"] == "status"
+        and m["parent_header"].get("msg_id") == blocking_id
+        and m["content"]["execution_state"] == "idle"
+    )
+    during = messages[start:end]
+    updates = [
+        str(m["content"]["data"].get("state", {}))
+        for m in during
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update"
+    ]
+    assert any(">running<" in u for u in updates), "no RUNNING badge while the cell blocked"
+    assert any(">completed<" in u for u in updates), "no COMPLETED badge while the cell blocked"
+    finals = [
+        m["content"]["data"]["text/plain"] for m in during if m["msg_type"] == "update_display_data"
+    ]
+    assert finals and f"kernel-{tag}" in finals[-1] and ": completed" in finals[-1]
+    # nbclient (no live front end) applied the update: the saved notebook shows the outcome
+    # in the plain output under the card, without widget state.
+    saved = [o["data"].get("text/plain", "") for o in nb.cells[1].outputs if "data" in o]
+    assert f"kernel-{tag}" in saved[-1] and ": completed" in saved[-1]
