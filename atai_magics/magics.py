@@ -41,7 +41,16 @@ Options
 - ``--poll S``: seconds between status checks.
 - ``--force``: submit even if this unchanged cell's job is still running (by default the
   cell re-attaches to it).
-- ``--no-card``, ``--quiet``: show less.
+- ``--no-card``: text instead of the live card; ``--quiet``: no "Submitted" lines either.
+
+The card
+--------
+In a notebook the cell returns at once with a live card (status, queue position, input
+progress, latest progress message, events, warnings, error, outputs with Download, and
+Cancel / Retry / Refresh). One background watcher per kernel keeps every card moving, also
+while other cells run. When the job ends its final state is written below the card as text
+and HTML, which a saved notebook keeps. ``atai_magics.ui.card_for(job)`` shows a card for any
+``Job``.
 
 Line commands
 -------------
