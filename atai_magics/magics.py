@@ -57,6 +57,8 @@ Line commands
 - ``%atai_job attach [JOB_ID] [VAR]``: the handle of an existing job; without an id, the
   jobs this notebook submitted (from the journal, so also after a kernel restart).
 - ``%atai_job status JOB_ID``, ``%atai_job cancel JOB_ID``, ``%atai_job retry JOB_ID``.
+- ``%atai_jobs [--status S] [--pipeline KEY] [--limit N] [--search Q]``: the org's jobs,
+  newest first: a paged table with Open card / Cancel / Retry / Delete in a notebook.
 - ``%atai_config``: the effective settings (never the key); ``%atai_config name=value``
   changes one. Settings also come from ``%config AtaiMagics.<name>`` and from a
   ``[tool.atai_magics]`` table in the nearest ``pyproject.toml``.
@@ -74,7 +76,7 @@ from traitlets import Float, Int, Unicode, observe
 
 from . import _env
 from .config import Settings, load_pyproject_settings
-from .session import OptionsError, Session, parse_cell_options
+from .session import OptionsError, Session, parse_cell_options, parse_jobs_options
 
 __all__ = ["AtaiMagics"]
 
@@ -172,6 +174,15 @@ class AtaiMagics(Magics):
             f"unknown command {' '.join(words)!r}; usage: "
             "%atai_job attach [JOB_ID] [VAR] | status JOB_ID | cancel JOB_ID | retry JOB_ID"
         )
+
+    @line_magic
+    def atai_jobs(self, line: str) -> None:
+        """A table of the org's jobs: ``%atai_jobs [--status S] [--pipeline KEY] [--limit N]
+        [--search Q]`` (a widget with row actions in a notebook, text elsewhere)."""
+        from .ui.jobs_table import JobsQuery, show_jobs
+
+        query = JobsQuery(**parse_jobs_options(line))
+        show_jobs(self.session.client, query, widget=_env.has_live_frontend(self.shell))
 
     @line_magic
     def atai_config(self, line: str) -> None:

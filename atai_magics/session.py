@@ -26,7 +26,14 @@ if TYPE_CHECKING:  # loaded on first use, so that %load_ext stays cheap
     from .spec import ClientResolver
     from .ui.card import JobCard
 
-__all__ = ["CellOptions", "JobFailed", "OptionsError", "Session", "parse_cell_options"]
+__all__ = [
+    "CellOptions",
+    "JobFailed",
+    "OptionsError",
+    "Session",
+    "parse_cell_options",
+    "parse_jobs_options",
+]
 
 Print = Callable[[str], None]
 CONNECTION_SETTINGS = frozenset({"endpoint", "api_key_env", "local_home", "local_concurrency"})
@@ -57,6 +64,30 @@ def _job_parser() -> _Parser:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     return parser
+
+
+@functools.cache
+def _jobs_parser() -> _Parser:
+    parser = _Parser(prog="%atai_jobs", add_help=False)
+    parser.add_argument("--status")
+    parser.add_argument("--pipeline")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--search")
+    return parser
+
+
+def parse_jobs_options(line: str) -> dict[str, Any]:
+    """The options of ``%atai_jobs [--status S] [--pipeline KEY] [--limit N] [--search Q]``."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OptionsError(f"cannot read the options: {exc}") from None
+    args = vars(_jobs_parser().parse_args(words))
+    if args["status"]:
+        args["status"] = args["status"].upper()
+    if not 1 <= args["limit"] <= 1000:
+        raise OptionsError("--limit must be between 1 and 1000")
+    return args
 
 
 @dataclass(frozen=True)
