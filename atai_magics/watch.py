@@ -192,7 +192,7 @@ class Watcher:
     # --- the loop ---------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        clients: dict[int, AsyncClient] = {}
+        clients: dict[int, tuple[Client, AsyncClient]] = {}  # the Client kept: ids stay unique
         try:
             while not self._stopping:
                 with self._lock:
@@ -209,7 +209,7 @@ class Watcher:
                     delay = self._next_delay()
                 await self._sleep(delay)
         finally:
-            for client in clients.values():
+            for _, client in clients.values():
                 try:
                     await client.aclose()
                 except Exception:  # pragma: no cover - closing a broken connection
@@ -255,7 +255,7 @@ class Watcher:
             self._publish(entry, replace(entry.snapshot, reconnecting=note))
         return delay
 
-    async def _tick(self, clients: dict[int, AsyncClient]) -> None:
+    async def _tick(self, clients: dict[int, tuple[Client, AsyncClient]]) -> None:
         self.stats.ticks += 1
         with self._lock:
             entries = list(self._watched.values())
@@ -263,10 +263,10 @@ class Watcher:
         for entry in entries:
             groups.setdefault(id(entry.job.client), []).append(entry)
         for key, group in groups.items():
-            client = clients.get(key)
-            if client is None:
-                client = clients[key] = self._client_factory(group[0].job.client)
-            await self._tick_group(client, group)
+            if key not in clients:
+                source = group[0].job.client
+                clients[key] = (source, self._client_factory(source))
+            await self._tick_group(clients[key][1], group)
 
     async def _tick_group(self, client: AsyncClient, group: list[_Watched]) -> None:
         records = await self._records(client, {entry.job.id for entry in group})
