@@ -17,7 +17,8 @@ def load(ipython: Any) -> None:
 
 def unload(ipython: Any) -> None:
     manager = ipython.magics_manager
-    for kind in ("line", "cell"):
-        for name in ("atai_job", "atai_config"):
-            manager.magics[kind].pop(name, None)
-    manager.registry.pop("AtaiMagics", None)
+    magics = manager.registry.pop("AtaiMagics", None)
+    if magics is not None:
+        for kind, names in magics.magics.items():  # every magic the class defines
+            for name in names:
+                manager.magics[kind].pop(name, None)

@@ -52,6 +52,7 @@ def test_load_ext_registers_the_magics_and_names_the_backend(
     finally:
         shell.run_line_magic("unload_ext", "atai_magics")
     assert "atai_job" not in shell.magics_manager.magics["cell"]
+    assert not any(name.startswith("atai_") for name in shell.magics_manager.magics["line"])
 
     monkeypatch.setenv("ATAI_API_KEY", "sk_canary_load_ext")
     shell.run_line_magic("load_ext", "atai_magics")
