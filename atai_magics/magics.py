@@ -59,6 +59,13 @@ Line commands
 - ``%atai_job status JOB_ID``, ``%atai_job cancel JOB_ID``, ``%atai_job retry JOB_ID``.
 - ``%atai_jobs [--status S] [--pipeline KEY] [--limit N] [--search Q]``: the org's jobs,
   newest first: a paged table with Open card / Cancel / Retry / Delete in a notebook.
+- ``%atai_files [PIPELINE]``: a file chooser: list, search, filter and page the org's files,
+  pick several and assign them to the pipeline's input ports (and n-shot classes), upload by
+  path (streamed, with progress) or from the browser, delete; ``.value`` is a job's
+  ``inputs``, ``.to_yaml()`` its YAML block.
+- ``%atai_pipelines [KEY[@VERSION]]``: the published pipelines, or one pipeline's ports and
+  settings, with a form (``atai_magics.ui.ParamsForm``) whose ``.to_cell()`` is a complete
+  ``%%atai_job`` cell, checked against the same schema.
 - ``%atai_config``: the effective settings (never the key); ``%atai_config name=value``
   changes one. Settings also come from ``%config AtaiMagics.<name>`` and from a
   ``[tool.atai_magics]`` table in the nearest ``pyproject.toml``.
@@ -183,6 +190,28 @@ class AtaiMagics(Magics):
 
         query = JobsQuery(**parse_jobs_options(line))
         show_jobs(self.session.client, query, widget=_env.has_live_frontend(self.shell))
+
+    @line_magic
+    def atai_files(self, line: str) -> Any:
+        """Choose, upload and delete files: ``%atai_files [PIPELINE]``; ``.value`` is a job's
+        ``inputs`` (listing and uploads run in the background)."""
+        from .ui.files import FileChooser
+
+        return FileChooser(pipeline=line.strip() or None)  # the session's client, in a thread
+
+    @line_magic
+    def atai_pipelines(self, line: str) -> Any:
+        """The published pipelines, or ``%atai_pipelines KEY[@VERSION]``: one pipeline's ports
+        and settings, and in a notebook a form that writes its ``%%atai_job`` cell."""
+        from .ui.pipelines import pipelines_view
+
+        key, _, version = line.strip().partition("@")
+        display(pipelines_view(None, key or None, version or None))
+        if key and _env.has_live_frontend(self.shell):
+            from .ui.params import ParamsForm
+
+            return ParamsForm(key, version=version or None)
+        return None
 
     @line_magic
     def atai_config(self, line: str) -> None:

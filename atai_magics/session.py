@@ -31,6 +31,7 @@ __all__ = [
     "JobFailed",
     "OptionsError",
     "Session",
+    "extension_session",
     "parse_cell_options",
     "parse_jobs_options",
 ]
@@ -360,3 +361,37 @@ def _failure_text(job: Job) -> str:
         detail = str(error)
     head = f"Job {job.name!r} ended {job.status.value}"
     return f"{head}: {detail}\n{job.id}" if detail else f"{head}\n{job.id}"
+
+
+_standalone: list[Session] = []
+_standalone_lock = threading.Lock()
+
+
+def extension_session(*, load: bool = True) -> Session:
+    """The session of the loaded ``%load_ext atai_magics`` (loaded first when IPython runs and
+    ``load``), else one session of this process's own, made from the usual settings.
+
+    Helper widgets made without a client use it, so they talk to the backend the cells use.
+    ``load=False`` for background threads, which must not register magics or print.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        shell = None
+    else:
+        shell = get_ipython()
+    registry = getattr(getattr(shell, "magics_manager", None), "registry", {})
+    if shell is not None and load and "AtaiMagics" not in registry:
+        shell.extension_manager.load_extension("atai_magics")
+    magics = registry.get("AtaiMagics")
+    if magics is not None:
+        session: Session = magics.session
+        return session
+    with _standalone_lock:
+        if not _standalone:
+            from .config import load_pyproject_settings
+
+            settings = Settings()
+            load_pyproject_settings(settings)
+            _standalone.append(Session(settings))
+        return _standalone[0]

@@ -4,7 +4,8 @@ It runs on a daemon thread with an event loop and an ``AsyncClient`` of its own,
 advance while the kernel runs, or blocks in, other cells. A tick costs one ``GET /batch/jobs``
 page covering every watched job (matched by id; a job missing from the page is fetched on its
 own). Detail calls (events and progress tailed by offset, outputs) are made only for a job
-that changed or is RUNNING, and once more when it ends; then it is no longer watched.
+that changed or is RUNNING (not for one still queued that never ran: it has none), and once
+more when it ends; then it is no longer watched.
 
 The interval adapts: ``fast`` for the first seconds after a job is watched, ``interval`` while
 anything runs, ``slow`` when every job has been queued for a while. On errors it backs off
@@ -281,7 +282,8 @@ class Watcher:
             entry.job.update(record)
             snap = replace(entry.snapshot, record=record, reconnecting=None)
             final = record.status.is_terminal
-            if final or changed or record.status == m.JobStatus.RUNNING:
+            queued = record.status == m.JobStatus.PENDING and record.started_at is None
+            if final or record.status == m.JobStatus.RUNNING or (changed and not queued):
                 async with gate:
                     snap = await self._details(client, entry, snap, final=final)
             entry.force_detail = False

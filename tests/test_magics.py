@@ -227,3 +227,17 @@ def test_config_magic_and_atai_config_change_settings(shell: Any, capsys: Any) -
     assert "LOCAL (embedded)" in out and "timeout" in out and "30.0" in out
     with pytest.raises(Exception, match="did you mean 'timeout'"):
         shell.run_line_magic("atai_config", "timout=3")
+
+
+def test_pipelines_and_files_magics(shell: Any, capsys: Any) -> None:
+    shell.run_line_magic("atai_pipelines", "")
+    listing = capsys.readouterr().out
+    assert "machine-state-classification" in listing and "activity-detection" in listing
+    assert shell.run_line_magic("atai_pipelines", "machine-state-classification") is None
+    one = capsys.readouterr().out
+    assert "worker.n_shots" in one and "window_size" in one  # ports and settings, as text
+
+    chooser = shell.run_line_magic("atai_files", "machine-state-classification")
+    chooser.wait_idle(60)
+    assert chooser._client is shell.user_ns["magics"].session.client  # the cells' backend
+    assert "machine-state-classification" in repr(chooser)

@@ -153,15 +153,19 @@ def fake() -> Iterator[Callable[..., tuple[FakeApi, Watcher, list[Job]]]]:
 
 def test_one_list_request_per_tick_covers_200_jobs(fake: Any) -> None:
     api, watcher, jobs = fake(200)
-    for job in jobs:
+    for job in jobs[:100]:
         watcher.watch(job)
-    # Details once for each job on first sight (events, progress, outputs) ...
-    _wait_until(lambda: watcher.stats.detail_requests >= 3 * 200)
+    for job in jobs[100:]:  # these ran once and were preempted: they have details
+        api.jobs[job.id].update(status="PREEMPTED", started_at="2026-11-29T10:00:00Z")
+        watcher.watch(job)
+    # Details once for each job that has any (events, progress, outputs) ...
+    _wait_until(lambda: watcher.stats.detail_requests >= 3 * 100)
     first = watcher.stats.ticks
     _wait_until(lambda: watcher.stats.ticks >= first + 5)
     watcher.stop()  # lets the current tick finish: the counts below are whole ticks
-    # ... then none while nothing changes, and one status request per tick for all 200.
-    assert watcher.stats.detail_requests == 3 * 200
+    # ... none for the 100 that never left the queue, none while nothing changes, and one
+    # status request per tick for all 200.
+    assert watcher.stats.detail_requests == 3 * 100
     assert api.count("/batch/jobs") == watcher.stats.status_requests == watcher.stats.ticks
 
 
@@ -172,7 +176,7 @@ def test_running_jobs_get_detail_calls_and_ended_jobs_stop_being_watched(fake: A
     for job in jobs:
         watcher.watch(job, seen if job.id == "job_0002" else None)
     _wait_until(lambda: api.count("/batch/jobs/job_0001/events") >= 3)  # RUNNING: every tick
-    assert api.count("/batch/jobs/job_0000/events") == 1  # PENDING, unchanged: once
+    assert api.count("/batch/jobs/job_0000/events") == 0  # queued, never ran: none
     api.jobs["job_0002"].update(status="COMPLETED", updated_at="2026-11-29T10:01:00Z")
     assert seen.done.wait(10)
     assert seen.snaps[-1].record.status == m.JobStatus.COMPLETED

@@ -121,9 +121,9 @@ class JobCard(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 "<div style='font-size:85%;color:#6b7280'>attach later: <code "
                 f"style='user-select:all'>{view.attach_line}</code></div>"
             )
-            self.status, self.phrase = view.status, view.phrase
             if snap.final:
                 self._write_final()
+            self.status, self.phrase = view.status, view.phrase  # last: observers see it all
 
     def show(self) -> None:
         """Display the card, and below it the output that keeps its final state."""

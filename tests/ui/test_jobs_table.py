@@ -73,8 +73,8 @@ def test_row_actions_change_the_server(local_backend: LocalBackend) -> None:
     assert client.get_job(job.id).status.value in ("PENDING", "ADMITTED", "RUNNING")
     table.act("cancel")
 
-    table.open_card()  # the card goes under the table and is watched
-    assert job.id in default_watcher().watching() or client.get_job(job.id).status.is_terminal
+    table.open_card()  # the card goes under the table; the watcher fetches its final state
+    _wait_until(lambda: job.id not in default_watcher().watching())
 
     assert table.act("delete").startswith("click “Confirm delete”")
     assert client.get_job(job.id).id == job.id  # nothing deleted yet
