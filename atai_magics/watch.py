@@ -289,7 +289,7 @@ class Watcher:
             entry.force_detail = False
             if final:
                 self._finish(entry, replace(snap, final=True))
-            elif snap != entry.snapshot:
+            elif changed or snap != entry.snapshot:  # first sight included: the card may lag
                 self._publish(entry, snap)
 
         await asyncio.gather(*(update(entry) for entry in group))

@@ -302,3 +302,17 @@ def test_every_card_ends_right_under_faults(faulty_backend: LocalBackend, caplog
         assert final.record.status == client.get_job(job.id).status
     expected = ["COMPLETED"] * 4 + ["FAILED", "CANCELLED"]
     assert [seen[j.id].snaps[-1].record.status.value for j in jobs] == expected
+
+
+def test_a_retried_job_is_shown_again_even_while_queued(fake: Any) -> None:
+    api, watcher, jobs = fake(1)
+    seen = Recorder()
+    api.jobs["job_0000"]["status"] = "CANCELLED"
+    watcher.watch(jobs[0], seen)
+    assert seen.done.wait(10)
+    api.jobs["job_0000"].update(status="PENDING", retry_count=1)  # retried: queued, never ran
+    jobs[0].update(m.JobRecord.model_validate(api.jobs["job_0000"]))
+    again = Recorder()
+    watcher.watch(jobs[0], again)
+    _wait_until(lambda: bool(again.snaps))
+    assert again.snaps[0].record.status == m.JobStatus.PENDING
