@@ -8,6 +8,8 @@ the busy window of a cell that sits in ``time.sleep``.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import queue
 import threading
 import time
@@ -52,9 +54,33 @@ class IopubListener:
         self.kc.stop_channels()
 
 
+IPYKERNEL6_ENV = "ATAI_IPYKERNEL6_PYTHON"
+"""A Python with this project and ipykernel 6 installed (``.ci/run`` makes one)."""
+
+
+def _kernel(which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The kernel name to run: this interpreter's ``python3``, or a kernelspec written here
+    for the ipykernel 6 interpreter."""
+    if which == "this":
+        return "python3"
+    python = os.environ.get(IPYKERNEL6_ENV)
+    if not python:
+        pytest.skip(f"set {IPYKERNEL6_ENV} to a Python with ipykernel 6 (.ci/run does)")
+    spec = tmp_path / "kernels" / "kernels" / "atai-ipykernel6"
+    spec.mkdir(parents=True)
+    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "ipykernel 6", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "kernels"))
+    return "atai-ipykernel6"
+
+
+@pytest.mark.parametrize("which", ["this", "ipykernel6"])
 def test_the_card_advances_while_a_cell_blocks(
-    local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    which: str, local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    kernel_name = _kernel(which, tmp_path, monkeypatch)
     tag = uuid.uuid4().hex[:8]
     local_backend.client().upload_bytes(b"x", f"k-{tag}.txt", "text/plain")
     monkeypatch.setenv("ATAI_LOCAL_HOME", str(local_backend.info.home))
@@ -64,7 +90,7 @@ def test_the_card_advances_while_a_cell_blocks(
     for name in ("ATAI_API_KEY", "ATAI_API_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     cells = [
-        "%load_ext atai_magics",
+        "%load_ext atai_magics\nimport ipykernel\nprint('ipykernel', ipykernel.__version__)",
         f"%%atai_job job\nname: kernel-{tag}\npipeline: slow-test\n"
         f"inputs:\n  worker.data: [k-{tag}.txt]\nconfig:\n  seconds: 2\n",
         BLOCKING + "    time.sleep(0.2)\nprint(job.status.value)",
@@ -76,13 +102,15 @@ def test_the_card_advances_while_a_cell_blocks(
         listeners.append(IopubListener(client.km))
         await asyncio.sleep(0.5)  # let the subscription settle before the cells run
 
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", on_notebook_start=listen)
+    client = NotebookClient(nb, timeout=180, kernel_name=kernel_name, on_notebook_start=listen)
     try:
         client.execute(cwd=str(tmp_path))
     finally:
         for listener in listeners:
             listener.stop()
     assert nb.cells[2].outputs[0]["text"].strip() == "COMPLETED"
+    version = "".join(o.get("text", "") for o in nb.cells[0].outputs).split("ipykernel ")[1]
+    assert version.startswith("6.") == (which == "ipykernel6")
     messages = listeners[0].messages
 
     # The blocking cell's busy window, found by its code.
