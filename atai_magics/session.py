@@ -103,6 +103,7 @@ class CellOptions:
     quiet: bool = False
 
 
+@functools.lru_cache(maxsize=128)  # cells are re-run with the same line; errors aren't cached
 def parse_cell_options(line: str) -> CellOptions:
     """The options of ``%%atai_job [VAR] [--dry-run] [--wait] ...``."""
     try:
@@ -253,13 +254,15 @@ class Session:
         when the cell is invalid: every check happens before the create request.
         """
         from .jobs import Job, JournalEntry
-        from .spec import parse_cell, validate
+        from .spec import parse_cell, validate_request
 
         spec = parse_cell(cell, namespace)
-        body = validate(spec, self.resolver)
+        request = validate_request(spec, self.resolver)  # sent as it is: not validated twice
         if options.dry_run:
-            return body
-        job = None if options.force else self._live_job_of(spec.spec_hash)
+            return request.to_body()
+        spec_hash = spec.spec_hash
+        journal = self.journal
+        job = None if options.force else self._live_job_of(spec_hash, journal)
         if job is not None:
             self._note(
                 options,
@@ -267,23 +270,25 @@ class Session:
                 "(--force submits it again).",
             )
         else:
-            record = self.client.create_job(body)
-            self.journal.record(
-                JournalEntry(
-                    record.id, record.name, self.endpoint, spec.spec_hash, notebook, cell_id
-                )
+            client = self.client
+            record = client.create_job(request)
+            journal.record(
+                JournalEntry(record.id, record.name, client.base_url, spec_hash, notebook, cell_id)
             )
-            job = Job(record, self.client)
-            self._note(options, f"Submitted {record.name!r} to {self.backend_label}:")
-            self._note(options, record.id)
+            job = Job(record, client)
+            if not options.quiet:
+                self.say(f"Submitted {record.name!r} to {self.backend_label}:")
+                self.say(record.id)
         return job
 
-    def _live_job_of(self, spec_hash: str) -> Job | None:
-        from .jobs import Job
-
-        entry = self.journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
+    def _live_job_of(self, spec_hash: str, journal: Journal | None = None) -> Job | None:
+        if journal is None:
+            journal = self.journal
+        entry = journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
         if entry is None:
             return None
+        from .jobs import Job
+
         try:
             job = Job.attach(entry.job_id, self.client)
         except NotFound:

@@ -64,6 +64,7 @@ import json
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +92,7 @@ __all__ = [
     "load_cell",
     "parse_cell",
     "validate",
+    "validate_request",
 ]
 
 Path = tuple[str | int, ...]
@@ -259,9 +261,9 @@ def load_cell(text: str | bytes) -> Node:
 
 
 @functools.lru_cache(maxsize=64)
-def _load(data: str | bytes) -> tuple[str, Map]:
-    """The cell's source and tree; cached by text, since cells are re-run unchanged (the
-    tree is never modified: `interpolate` builds a new one)."""
+def _load(data: str | bytes) -> tuple[str, Map, frozenset[int]]:
+    """The cell's source, tree and template-free nodes (`_static`); cached by text, since
+    cells are re-run unchanged (the tree is never modified: `interpolate` builds a new one)."""
     try:
         text, tree = _yaml.load(data)
     except _yaml.Problem as problem:
@@ -289,7 +291,27 @@ def _load(data: str | bytes) -> tuple[str, Map]:
             expected="a YAML mapping with name, pipeline and inputs",
             source_line=_source_line(text, tree.line),
         )
-    return text, tree
+    return text, tree, _static(tree)
+
+
+def _static(tree: Node) -> frozenset[int]:
+    """The ids of the nodes of ``tree`` with no ``{{ }}`` template in them or under them:
+    interpolation leaves them as they are (valid while ``tree`` lives)."""
+    found: set[int] = set()
+
+    def visit(node: Node) -> bool:
+        if isinstance(node, Seq):
+            static = all([visit(child) for child in node.items])
+        elif isinstance(node, Map):
+            static = all([visit(value) for _, value in node.entries.values()])
+        else:
+            static = not (isinstance(node, Scalar) and node.template is not None)
+        if static:
+            found.add(id(node))
+        return static
+
+    visit(tree)
+    return frozenset(found)
 
 
 # --- interpolation ------------------------------------------------------------------------
@@ -345,10 +367,11 @@ def _evaluate(slot: Slot, namespace: Mapping[str, Any]) -> Any:
         fail(f"cannot interpolate '{{{{ {slot.expr} }}}}': {_ONLY_NAMES}", _EXPR_HELP)
         raise AssertionError  # pragma: no cover
     root, steps = parsed
-    public = [n for n in namespace if not n.startswith("_")]
     if root.startswith("__"):
         fail(f"'{root}' is private: {_ONLY_NAMES} on public names", _EXPR_HELP)
     if root not in namespace:
+        # Only now: a notebook's namespace grows with every cell (IPython's _i<N> entries).
+        public = [n for n in namespace if not n.startswith("_")]
         fail(f"name '{root}' is not defined", "a variable of the notebook", _suggest(root, public))
     value = namespace[root]
     shown = root
@@ -445,9 +468,17 @@ def interpolate(tree: Node, namespace: Mapping[str, Any]) -> Node:
     Raises `SpecError` (all problems at once) for missing names, bad expressions or values
     that are not JSON data.
     """
+    return _interpolate(tree, namespace, frozenset())
+
+
+def _interpolate(tree: Node, namespace: Mapping[str, Any], static: frozenset[int]) -> Node:
+    """`interpolate`; the ``static`` nodes (`_static` of ``tree``) are shared with ``tree``
+    instead of copied (nothing modifies them)."""
     errors: list[SpecError] = []
 
     def walk(node: Node) -> Node:
+        if id(node) in static:
+            return node
         if isinstance(node, Scalar) and node.template is not None:
             try:
                 parts = node.template
@@ -478,8 +509,11 @@ def interpolate(tree: Node, namespace: Mapping[str, Any]) -> Node:
 # --- the job spec -------------------------------------------------------------------------
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical_json(body: Any) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(body)
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
@@ -501,20 +535,32 @@ class JobSpec:
     """Top-level ``config:`` shorthand, waiting for the pipeline's single component."""
     parallelism: int | None = None
     """Top-level ``parallelism:`` shorthand, likewise."""
+    _dumped: tuple[JobRequest, dict[str, Any]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def body(self) -> dict[str, Any]:
         """The request body as parsed, with pending shorthands under their own keys."""
-        body = self.request.to_body()
+        return self._with_shorthands(self.request.to_body())
+
+    def _with_shorthands(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.config is not None:
             body["config"] = self.config
         if self.parallelism is not None:
             body["parallelism"] = self.parallelism
         return body
 
+    def _request_body(self) -> dict[str, Any]:
+        """``request.to_body()``, made once per request object for `spec_hash` and `validate`
+        (which add top-level keys to a shallow copy, and change nothing inside it)."""
+        if self._dumped is None or self._dumped[0] is not self.request:
+            self._dumped = (self.request, self.request.to_body())
+        return self._dumped[1]
+
     @property
     def spec_hash(self) -> str:
         """Identifies what the cell asks for (for the journal): `body_hash` of `body`."""
-        return body_hash(self.body())
+        return body_hash(self._with_shorthands(dict(self._request_body())))
 
     def where(self, path: Path) -> Position:
         """Where ``path`` (or its nearest written ancestor) is in the cell."""
@@ -562,13 +608,20 @@ def _describe(node: Node) -> str:
     return f"{_TYPE_NAMES.get(type(node.value), 'a value')} ({text})"
 
 
+_Recorded = tuple[Path, list[tuple[Path, Position]], list[tuple[Path, Position]]]
+_RECORDED: weakref.WeakKeyDictionary[Node, _Recorded] = weakref.WeakKeyDictionary()
+"""The positions under a template-free node of a cached tree, by node (see `_Builder.record`)."""
+
+
 class _Builder:
     """Reads the top-level mapping into a create-job body, collecting every problem."""
 
-    def __init__(self) -> None:
+    def __init__(self, static: frozenset[int] = frozenset()) -> None:
         self.errors: list[SpecError] = []
         self.positions: dict[Path, Position] = {}
         self.key_positions: dict[Path, Position] = {}
+        self.static = static
+        """Ids of nodes shared with the cached tree that hold no template (`_static`)."""
 
     def error(
         self,
@@ -594,9 +647,19 @@ class _Builder:
 
     def record(self, path: Path, node: Node, key: Scalar | None = None) -> None:
         """Remember where ``node`` (and everything under it) is written."""
-        self.positions[path] = (node.line, node.column)
         if key is not None:
             self.key_positions[path] = (key.line, key.column)
+        if id(node) in self.static:  # the same as when this cell text last ran: reuse that
+            recorded = _RECORDED.get(node)
+            if recorded is None or recorded[0] != path:
+                fresh = _Builder()
+                fresh.record(path, node)
+                recorded = (path, list(fresh.positions.items()), list(fresh.key_positions.items()))
+                _RECORDED[node] = recorded
+            self.positions.update(recorded[1])
+            self.key_positions.update(recorded[2])
+            return
+        self.positions[path] = (node.line, node.column)
         if isinstance(node, Map):
             for name, (key_node, child) in node.entries.items():
                 self.record((*path, name), child, key_node)
@@ -838,14 +901,14 @@ def _pydantic_errors(exc: ValidationError, positions: Mapping[Path, Position]) -
 
 def parse_cell(text: str | bytes, namespace: Mapping[str, Any] | None = None) -> JobSpec:
     """Load, interpolate and read the cell into a `JobSpec`; `SpecError` if it is malformed."""
-    source, tree = _load(text)
+    source, tree, static = _load(text)
     try:
-        root = interpolate(tree, namespace or {})
+        root = _interpolate(tree, namespace or {}, static)
     except SpecError as error:
         _raise(error.errors, source)
         raise  # pragma: no cover
     assert isinstance(root, Map)
-    builder = _Builder()
+    builder = _Builder(static)
     body, config, parallelism = builder.build(root)
     _raise(builder.errors, source)
     try:
@@ -979,20 +1042,51 @@ class ClientResolver:
         return self._listed_files
 
 
-_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+class _SchemaCheck:
+    """A jsonschema validator of one schema, and the configs it found valid.
+
+    Validation is a pure function of the schema and the config, and an unchanged cell re-run
+    checks the same config again: a config that passed is remembered (as canonical JSON, so
+    ``1``, ``1.0`` and ``true`` stay apart) and not walked again. Configs with errors are
+    always walked, for their messages.
+    """
+
+    PASSED_MAX = 64
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        self.validator = cls(schema)
+        self.passed: set[str] = set()
+
+    def errors(self, config: Any) -> list[Any]:
+        try:
+            key: str | None = _canonical_json(config)
+        except (TypeError, ValueError):  # pragma: no cover - configs come from JSON data
+            key = None
+        if key is not None and key in self.passed:
+            return []
+        found = list(self.validator.iter_errors(config))
+        if not found and key is not None:
+            if len(self.passed) >= self.PASSED_MAX:
+                self.passed.clear()
+            self.passed.add(key)
+        return found
 
 
-def _validator(schema: dict[str, Any]) -> Any:
-    """A jsonschema validator, built once per schema object (the resolver caches schemas, so
-    an unchanged cell re-run reuses it); the schema is kept alongside, so ids never alias."""
+_VALIDATORS: dict[int, tuple[dict[str, Any], _SchemaCheck]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> _SchemaCheck:
+    """The `_SchemaCheck` of a schema object, built once (the resolver caches schemas, so an
+    unchanged cell re-run reuses it); the schema is kept alongside, so ids never alias."""
     cached = _VALIDATORS.get(id(schema))
     if cached is not None and cached[0] is schema:
         return cached[1]
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     if len(_VALIDATORS) >= 64:
         _VALIDATORS.clear()
-    _VALIDATORS[id(schema)] = (schema, cls(schema))
-    return _VALIDATORS[id(schema)][1]
+    check = _SchemaCheck(schema)
+    _VALIDATORS[id(schema)] = (schema, check)
+    return check
 
 
 def _components(schema: PipelineSchema) -> list[str]:
@@ -1028,9 +1122,17 @@ class _Checker:
         self.spec = spec
         self.resolver = resolver
         self.errors: list[SpecError] = []
-        self.positions = dict(spec.positions)
-        self.key_positions = dict(spec.key_positions)
+        self.positions = spec.positions
+        self.key_positions = spec.key_positions
         self.shorthand = spec.config is not None or spec.parallelism is not None
+        self.component: str | None = None
+        """The one component the top-level shorthands were given to (`resolve_shorthand`)."""
+
+    def written(self, path: Path) -> Path:
+        """The path under which the cell wrote ``path`` of the body: ``parameters.<component>
+        .config...`` and ``.parallelism`` of a shorthand are the top-level keys."""
+        shorthand = self.component is not None and path[:2] == ("parameters", self.component)
+        return path[2:] if shorthand and path[2:3] in (("config",), ("parallelism",)) else path
 
     def error(
         self,
@@ -1041,8 +1143,9 @@ class _Checker:
         *,
         at_key: bool = False,
     ) -> None:
-        where = self.key_positions.get(path) if at_key else None
-        line, column = where or _where(self.positions, path)
+        written = self.written(path)
+        where = self.key_positions.get(written) if at_key else None
+        line, column = where or _where(self.positions, written)
         self.errors.append(
             SpecError(message, line=line, column=column, expected=expected, suggestion=suggestion)
         )
@@ -1083,14 +1186,7 @@ class _Checker:
         if self.spec.config is not None:
             entry["config"] = self.spec.config
         body["parameters"] = {component: entry}
-        moved = {("parallelism",): ("parameters", component, "parallelism")}
-        for table in (self.positions, self.key_positions):
-            for path, where in list(table.items()):
-                if path[:1] == ("config",):
-                    target: Path = ("parameters", component, *path)
-                    table[target] = where
-                elif path in moved:
-                    table[moved[path]] = where
+        self.component = component  # errors under it are placed by `written`
 
     def ports(self, body: dict[str, Any], schema: PipelineSchema) -> None:
         inputs: dict[str, list[dict[str, Any]]] = body.get("inputs", {})
@@ -1155,9 +1251,8 @@ class _Checker:
             self.check_config(config, sub, ("parameters", name, "config"))
 
     def check_config(self, config: Any, schema: dict[str, Any], base: Path) -> None:
-        validator = _validator(schema)
         try:
-            found = list(validator.iter_errors(config))
+            found = _validator(schema).errors(config)
         except jsonschema.SchemaError as exc:  # pragma: no cover - a broken pipeline schema
             self.error(("pipeline_key",), f"the pipeline's user_schema is invalid: {exc.message}")
             return
@@ -1244,8 +1339,14 @@ def validate(spec: JobSpec, resolver: Resolver) -> dict[str, Any]:
 
     Raises `SpecError` with every problem found (ordered by line); nothing is sent by this.
     """
+    return validate_request(spec, resolver).to_body()
+
+
+def validate_request(spec: JobSpec, resolver: Resolver) -> JobRequest:
+    """`validate`, returning the checked `JobRequest` itself (whose ``to_body()`` is the body),
+    which `Client.create_job` sends as it is instead of validating a dict again."""
     checker = _Checker(spec, resolver)
-    body = spec.request.to_body()
+    body = dict(spec._request_body())  # only top-level keys are set (the shorthands)
     schema = checker.schema(spec.request.pipeline_key, spec.request.pipeline_version)
     if schema is not None:
         components = _components(schema)
@@ -1254,4 +1355,4 @@ def validate(spec: JobSpec, resolver: Resolver) -> dict[str, Any]:
         checker.config(body, schema, components)
     checker.files(body)
     _raise(checker.errors, spec.text)
-    return JobRequest.model_validate(body).to_body()
+    return JobRequest.model_validate(body)

@@ -14,7 +14,8 @@ the only place jupysql is installed:
    run: the name interpolates ``{{ i }}``, ``wait=never``, schema cached by a warm-up run),
    against a bare ``httpx.Client.post(url + "/batch/jobs", json=<the same body>)`` on a
    keep-alive connection to the same backend. The magic called directly
-   (``run_cell_magic``) and an empty cell are measured too, for context. The loops are
+   (``run_cell_magic``), an empty cell and the same cell text sent to a cell magic that does
+   nothing (IPython's own share of the cell) are measured too, for context. The loops are
    interleaved in blocks (rotating order) to cancel drift. Target: at most 1.5x. When it
    misses (or with ``--magic-profile``) the cell path is profiled and timed piece by piece.
 
@@ -63,6 +64,7 @@ config:
     step_size: 4
 """
 LOAD_MARK = "@@ load_ext @@"
+NOOP_MAGIC = "atai_bench_noop"
 EXTENSIONS = {"atai_magics": ("cell", "atai_job"), "sql": ("line", "sql")}
 
 
@@ -236,6 +238,17 @@ def bench_cell(root: Path, calls: int, blocks: int) -> dict[str, Any]:
         def empty() -> None:
             shell.run_cell("pass").raise_error()
 
+        # IPython's own share of a cell: the same text, to a cell magic that does nothing.
+        def nothing(line: str, cell: str) -> None:
+            return None
+
+        shell.register_magic_function(nothing, "cell", NOOP_MAGIC)
+        noop_cell = f"%%{NOOP_MAGIC} {CELL_OPTIONS}\n{CELL_BODY}"
+
+        def noop() -> None:
+            shell.user_ns["i"] = next(counter)
+            shell.run_cell(noop_cell).raise_error()
+
         cell()  # warm-up: connects, lists the pipelines, caches the schema
         if session.endpoint != info.url:
             raise RuntimeError(f"the extension uses {session.endpoint}, not {info.url}")
@@ -257,6 +270,7 @@ def bench_cell(root: Path, calls: int, blocks: int) -> dict[str, Any]:
             "magic": magic,
             "post": post,
             "empty": empty,
+            "noop": noop,
         }
         for _ in range(3):
             for loop in loops.values():
@@ -304,7 +318,7 @@ PROFILE_PARTS = [
     (("atai_magics/magics.py", "atai_job"), "the magic (`AtaiMagics.atai_job`)"),
     (("atai_magics/session.py", "parse_cell_options"), "option parsing (argparse)"),
     (("atai_magics/spec.py", "parse_cell"), "`parse_cell` (YAML, interpolation, pydantic)"),
-    (("atai_magics/spec.py", "validate"), "`validate` (schema check + file check)"),
+    (("atai_magics/spec.py", "validate_request"), "`validate_request` (schema + file check)"),
     (("atai_magics/spec.py", "missing_files"), "  of which file-existence requests"),
     (("atai_magics/session.py", "_live_job_of"), "rerun lookup (`_live_job_of`)"),
     (("atai_magics/api/client.py", "create_job"), "`Client.create_job` (POST + pydantic)"),
@@ -324,7 +338,7 @@ def profile_cell(
 ) -> dict[str, Any]:
     """cProfile the cell path, and time its pieces one by one without the profiler."""
     from atai_magics.jobs import Journal, JournalEntry
-    from atai_magics.spec import parse_cell, validate
+    from atai_magics.spec import parse_cell, validate_request
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -346,6 +360,7 @@ def profile_cell(
     # The pieces again, without the profiler's overhead (same backend, same connection).
     namespace = {"i": 0}
     spec = parse_cell(CELL_BODY, namespace)
+    request = validate_request(spec, session.resolver)
     journal = Journal(Path(session.settings.journal_path()).with_name("pieces.jsonl"))
     client = session.client
 
@@ -360,14 +375,19 @@ def profile_cell(
     entries = len(session.journal.entries())
     pieces = {
         "parse_cell": timed(lambda: parse_cell(CELL_BODY, namespace)),
-        "validate (cached schema, 1 file GET)": timed(lambda: validate(spec, session.resolver)),
-        "one GET /files/{id} metadata": timed(lambda: client.get_file_metadata("bench.csv")),
-        f"rerun lookup (journal read, {entries} entries, no match)": timed(
+        "validate_request (schema and files known)": timed(
+            lambda: validate_request(spec, session.resolver)
+        ),
+        "spec hash (for the journal)": timed(lambda: spec.spec_hash),
+        "one GET /files/{id} metadata (not made: files seen < 300 s ago)": timed(
+            lambda: client.get_file_metadata("bench.csv")
+        ),
+        f"rerun lookup (journal, {entries} entries, no match)": timed(
             lambda: session._live_job_of("0" * 64)
         ),
-        "Client.create_job": timed(lambda: client.create_job(body)),
+        "Client.create_job (the validated request)": timed(lambda: client.create_job(request)),
         "bare httpx POST": timed(lambda: bare.post(url + "/batch/jobs", json=body)),
-        "Journal.record (write + fsync)": timed(
+        "Journal.record (write; fsync deferred)": timed(
             lambda: journal.record(JournalEntry("job_x", "bench", url, "0" * 64))
         ),
     }
@@ -436,6 +456,14 @@ def table(load: dict[str, Any], cell: dict[str, Any]) -> str:
             (
                 f"5c. an empty cell (`shell.run_cell('pass')`; {n})",
                 f"{ms['empty']:.2f} ms",
+                "-",
+                "-",
+                "(context)",
+                "-",
+            ),
+            (
+                f"5d. IPython's share: the same cell text to a no-op cell magic (`run_cell`; {n})",
+                f"{ms['noop']:.2f} ms",
                 "-",
                 "-",
                 "(context)",

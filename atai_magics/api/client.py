@@ -40,6 +40,7 @@ R = TypeVar("R")
 P = TypeVar("P", bound=m.Page[Any])
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 PAGE_SIZE = 100
+URL_CACHE_SIZE = 256
 JobBody = m.JobRequest | Mapping[str, Any]
 
 
@@ -65,6 +66,7 @@ class _BaseClient:
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.upload_concurrency = upload_concurrency
         self.simple_upload_limit = simple_upload_limit
+        self._urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
         source = "given" if self._key_given else f"from {KEY_ENV}"
@@ -74,8 +76,23 @@ class _BaseClient:
     def _root_path(self) -> str:
         return httpx.URL(self.base_url).path.rstrip("/")
 
+    def _url(self, path: str) -> httpx.URL | str:
+        """The URL of a call: a path below the API root is joined to it once (httpx would parse
+        the string twice on every request); an absolute (presigned) URL is used as it is."""
+        if "://" in path:
+            return path
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[path] = self._join(path)
+        return url
+
+    def _join(self, path: str) -> httpx.URL:
+        raise NotImplementedError
+
     def _request_args(self, call: Call) -> dict[str, Any]:
-        args: dict[str, Any] = {"method": call.method, "url": call.path}
+        args: dict[str, Any] = {"method": call.method, "url": self._url(call.path)}
         if params := call.query():  # httpx replaces a URL's own query (a presigned signature)
             args["params"] = params  # with ``params=``, even an empty one
         if call.json is not None:
@@ -179,13 +196,22 @@ class Client(_BaseClient):
     def close(self) -> None:
         self._http.close()
 
-    def async_twin(self, *, max_retries: int | None = None) -> AsyncClient:
+    def _join(self, path: str) -> httpx.URL:
+        return self._http.build_request("GET", path).url
+
+    def async_twin(
+        self,
+        *,
+        max_retries: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> AsyncClient:
         """An ``AsyncClient`` for the same API with the same key source (for the watcher)."""
         twin = AsyncClient(
             self.base_url,
             None,
             timeout=self.timeout,
             max_retries=self.retry.max_retries if max_retries is None else max_retries,
+            transport=transport,
         )
         twin._key_given, twin._get_key, twin._auth = self._key_given, self._get_key, self._auth
         return twin
@@ -621,6 +647,9 @@ class AsyncClient(_BaseClient):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def _join(self, path: str) -> httpx.URL:
+        return self._http.build_request("GET", path).url
 
     # --- the driver -----------------------------------------------------------------------
 

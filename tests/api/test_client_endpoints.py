@@ -825,6 +825,7 @@ SPECIAL_TESTS = {
     "iter_files": "test_iter_files_cursor_style",
     "close": "test_close",
     "aclose": "test_close",
+    "async_twin": "test_async_twin_shares_the_endpoint_and_the_key",
 }
 """Methods whose tests are not a row of ``SPECS``, and the test that covers each."""
 
@@ -837,8 +838,8 @@ def _public_methods(cls: type) -> set[str]:
 
 @pytest.mark.parametrize("cls", [Client, AsyncClient])
 def test_every_public_method_is_covered(cls: type) -> None:
-    other_closer = "aclose" if cls is Client else "close"
-    covered = ({spec.name for spec in SPECS} | set(SPECIAL_TESTS)) - {other_closer}
+    only_other = {"aclose"} if cls is Client else {"close", "async_twin"}
+    covered = ({spec.name for spec in SPECS} | set(SPECIAL_TESTS)) - only_other
     public = _public_methods(cls)
     assert not public - covered, f"{cls.__name__} methods without a test: {public - covered}"
     assert not covered - public, f"tests of methods {cls.__name__} lacks: {covered - public}"
@@ -847,8 +848,9 @@ def test_every_public_method_is_covered(cls: type) -> None:
 
 
 def test_both_clients_have_the_same_methods() -> None:
-    assert _public_methods(Client) - {"close"} == _public_methods(AsyncClient) - {"aclose"}
-    for name in _public_methods(Client) - {"close"}:
+    sync_only = {"close", "async_twin"}
+    assert _public_methods(Client) - sync_only == _public_methods(AsyncClient) - {"aclose"}
+    for name in _public_methods(Client) - sync_only:
         sync_params = inspect.signature(getattr(Client, name)).parameters
         async_params = inspect.signature(getattr(AsyncClient, name)).parameters
         assert list(sync_params) == list(async_params), name
@@ -858,6 +860,23 @@ def test_both_clients_have_the_same_methods() -> None:
             assert not is_coroutine, name
         else:
             assert is_coroutine and not is_async_gen, name
+
+
+def test_async_twin_shares_the_endpoint_and_the_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "job_1", "status": "RUNNING"})
+
+    client = Client("http://127.0.0.1:9/v0.5", api_key="canary-key", max_retries=5)
+    twin = client.async_twin(max_retries=0, transport=httpx.MockTransport(handler))
+    assert isinstance(twin, AsyncClient) and twin.base_url == client.base_url
+    assert twin.retry.max_retries == 0 and client.async_twin().retry.max_retries == 5
+    assert asyncio.run(twin.get_job("job_1")).status.value == "RUNNING"
+    assert seen[0].headers["Authorization"] == "Bearer canary-key"
+    assert str(seen[0].url) == "http://127.0.0.1:9/v0.5/batch/jobs/job_1"
+    assert "canary" not in repr(twin)
 
 
 def _answer(response: Any) -> httpx.Response:
