@@ -21,8 +21,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,14 +208,42 @@ class Job:
         return [self.client.download_output(o, target) for o in ordered_outputs(self.outputs())]
 
     def results(self, directory: str | os.PathLike[str] | None = None) -> Any:
-        """Every output part merged in order: a pandas DataFrame if pandas is installed,
-        else a list of dicts. CSV parts keep one header; JSONL lines become records."""
-        records = list(_records(self.download(directory or _cache_dir(self.id))))
+        """Every output part merged in order: a pandas DataFrame if pandas is installed, else
+        a list of dicts (the parts are saved in ``directory``, by default a cache folder).
+
+        - Parts are merged input by input, each input's parts in part-number order, whatever
+          order the API lists them in (reference §7.6).
+        - A part written again by a later attempt (same input and file name: a retried or
+          preempted job writes its parts anew) replaces the earlier copy.
+        - Machine-state CSV parts (a timestamp column and ``Prediction``, in either historical
+          header order: ``DATE_TIME,Prediction`` or ``Prediction,TimePoint``) are keyed by
+          their timestamp column: it comes first, its values are the text the pipeline wrote
+          (so they match the input file's), and ``df.attrs["timestamp_column"]`` names it.
+          When more than one input produced predictions, a leading ``file_id`` column says
+          which, since a timestamp names a window only within its own file.
+        - Other CSV parts keep one header; JSONL lines become records; any other file becomes
+          one ``{"output": name, "text": text}`` record.
+        """
+        target = Path(directory) if directory is not None else _cache_dir(self.id)
+        target.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        parts: list[tuple[m.Output, Path]] = []
+        for output in _latest_parts(ordered_outputs(self.outputs())):
+            name = output.data.filename.replace("\\", "/").rsplit("/", 1)[-1]
+            # two inputs may produce the same file name: the second goes to a folder of its own
+            folder = re.sub(r"[^A-Za-z0-9_-]", "_", output.id) or "output"
+            dest = target if name not in taken else f"{target / folder}{os.sep}"
+            taken.add(name)
+            parts.append((output, self.client.download_output(output, dest)))
+        records, timestamp_column = _merged_records(parts)
         try:
             import pandas as pd
         except ImportError:
             return records
-        return pd.DataFrame.from_records(records)
+        frame = pd.DataFrame.from_records(records)
+        if timestamp_column is not None:
+            frame.attrs["timestamp_column"] = timestamp_column
+        return frame
 
     # --- display ----------------------------------------------------------------------------
 
@@ -240,7 +268,9 @@ def ordered_outputs(outputs: list[m.Output]) -> list[m.Output]:
     parts in part-number order.
 
     The API lists outputs in no particular order (reference §7.6); part numbers in the
-    filename (``…_part_<n>.csv``) say the order, else creation time does.
+    filename (``…_part_<n>.csv``) say the order, else creation time does. Outputs that name
+    no input id are grouped by their input file id, else by their filename without the part
+    number, so the parts of two inputs never interleave.
     """
 
     def key(output: m.Output) -> tuple[Any, ...]:
@@ -248,7 +278,7 @@ def ordered_outputs(outputs: list[m.Output]) -> list[m.Output]:
         created = output.created_at.timestamp() if output.created_at else 0.0
         return (
             output.input_id is None,
-            output.input_id or "",
+            _input_of(output),
             int(match.group(1)) if match else -1,
             created,
             output.id,
@@ -257,15 +287,60 @@ def ordered_outputs(outputs: list[m.Output]) -> list[m.Output]:
     return sorted(outputs, key=key)
 
 
-def _records(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    for path in paths:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            yield from (json.loads(line) for line in text.splitlines() if line.strip())
-        elif path.suffix.lower() == ".csv":
-            yield from csv.DictReader(io.StringIO(text))
-        else:
-            yield {"output": path.name, "text": text}
+def _input_of(output: m.Output) -> str:
+    """What groups an output's parts: its input id, else its input file id, else its name
+    without the part number."""
+    if output.input_id or output.input_file_id:
+        return output.input_id or output.input_file_id or ""
+    name = output.data.filename
+    match = _PART_NUMBER.search(name)
+    return name[: match.start()] if match else name
+
+
+def _latest_parts(ordered: list[m.Output]) -> list[m.Output]:
+    """Drop every output that a later one of the same input and file name replaces (a
+    retried or preempted attempt writes its parts again); the order is kept."""
+    latest: dict[tuple[str, str], m.Output] = {}
+    for output in ordered:  # within one (input, name), ordered is by creation time
+        latest[_input_of(output), output.data.filename] = output
+    keep = {o.id for o in latest.values()}
+    return [o for o in ordered if o.id in keep]
+
+
+_PREDICTION = "Prediction"
+"""The class column of machine-state CSV parts; the other column is the timestamp."""
+
+
+def _records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of one output file, and the timestamp column of a machine-state part."""
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()], None
+    if suffix != ".csv":
+        return [{"output": path.name, "text": text}], None
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or [])
+    if len(header) == 2 and _PREDICTION in header and header[0] != header[1]:
+        # DATE_TIME,Prediction (v0.1.46 on) or Prediction,TimePoint (older): reference §9.1
+        timestamp = header[1 - header.index(_PREDICTION)]
+        return [{timestamp: r[timestamp], _PREDICTION: r[_PREDICTION]} for r in reader], timestamp
+    return list(reader), None
+
+
+def _merged_records(parts: list[tuple[m.Output, Path]]) -> tuple[list[dict[str, Any]], str | None]:
+    """All parts' records in order, and the timestamp column if every machine-state part
+    used the same one. Predictions get a leading ``file_id`` when several inputs made them."""
+    pieces = [(output, *_records(path)) for output, path in parts]
+    columns = {timestamp for _, _, timestamp in pieces if timestamp is not None}
+    inputs = {_input_of(output) for output, _, timestamp in pieces if timestamp is not None}
+    records: list[dict[str, Any]] = []
+    for output, rows, timestamp in pieces:
+        if timestamp is not None and len(inputs) > 1:
+            file_id = output.input_file_id or output.input_id or _input_of(output)
+            rows = [{"file_id": file_id, **row} for row in rows]
+        records.extend(rows)
+    return records, columns.pop() if len(columns) == 1 else None
 
 
 def _cache_dir(job_id: str) -> Path:
@@ -292,6 +367,10 @@ class JournalEntry:
     )
 
 
+_ENTRY_FIELDS = fields(JournalEntry)
+_ENTRY_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True)
+
+
 class Journal:
     """An append-only JSON-lines file of submitted jobs.
 
@@ -303,6 +382,8 @@ class Journal:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._entries: list[JournalEntry] = []
+        self._latest: dict[tuple[str, str], JournalEntry] = {}
+        """(endpoint, spec hash) -> the newest entry, for `find`."""
         self._offset = 0
         self._fsync: threading.Timer | None = None
 
@@ -310,17 +391,28 @@ class Journal:
         """Append one entry. The write reaches the OS before this returns, so it survives the
         kernel dying; an fsync against a power cut follows within ``FSYNC_DELAY`` seconds,
         coalesced, so back-to-back cells never wait for the disk."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode("utf-8")
+        data = {f.name: getattr(entry, f.name) for f in _ENTRY_FIELDS}
+        line = (_ENTRY_JSON.encode(data) + "\n").encode("utf-8")
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
         with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileNotFoundError:  # the first entry (or the folder was removed since)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, flags, 0o600)
             try:
                 size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
+                # (a file read up to its end ends with a whole line: no need to look)
+                if size and size != self._offset and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a line torn by a crash must not swallow this one
                 os.write(fd, line)
+                # Nothing unread before it and nothing after it: the next read needs no I/O.
+                known = size == self._offset and os.fstat(fd).st_size == size + len(line)
             finally:
                 os.close(fd)
+            if known:
+                self._offset += len(line)
+                self._take(entry)
             if self._fsync is None:
                 self._fsync = threading.Timer(FSYNC_DELAY, self._sync)
                 self._fsync.daemon = True
@@ -335,28 +427,42 @@ class Journal:
         finally:
             os.close(fd)
 
+    def _read_tail(self) -> bool:
+        """Take in the entries appended since the last read (with the lock held); False when
+        there is no journal file."""
+        try:
+            if self._offset and self.path.stat().st_size == self._offset:
+                return True  # nothing new: a stat is cheaper than opening the file
+            with self.path.open("rb", buffering=0) as file:
+                file.seek(self._offset)
+                tail = file.readall()
+        except FileNotFoundError:
+            return False
+        complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written waits
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                entry = JournalEntry(**json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            self._take(entry)
+        return True
+
+    def _take(self, entry: JournalEntry) -> None:
+        self._entries.append(entry)
+        key = (entry.endpoint, entry.spec_hash)
+        if isinstance(key[0], str) and isinstance(key[1], str):
+            self._latest[key] = entry
+
     def entries(self) -> list[JournalEntry]:
         """Every entry, oldest first; a line torn by a crash is skipped."""
         with self._lock:
-            try:
-                with self.path.open("rb") as file:
-                    file.seek(self._offset)
-                    tail = file.read()
-            except FileNotFoundError:
-                return []
-            complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written waits
-            self._offset += len(complete)
-            for line in complete.splitlines():
-                try:
-                    self._entries.append(JournalEntry(**json.loads(line)))
-                except (ValueError, TypeError):
-                    continue
-            return list(self._entries)
+            return list(self._entries) if self._read_tail() else []
 
     def find(self, *, endpoint: str, spec_hash: str) -> JournalEntry | None:
         """The newest job submitted from the same spec to the same endpoint."""
-        matches = [e for e in self.entries() if (e.endpoint, e.spec_hash) == (endpoint, spec_hash)]
-        return matches[-1] if matches else None
+        with self._lock:
+            return self._latest.get((endpoint, spec_hash)) if self._read_tail() else None
 
     def for_notebook(self, notebook: str | None, *, endpoint: str) -> list[JournalEntry]:
         """This notebook's jobs on this endpoint, newest first (all of them if unknown)."""
