@@ -279,7 +279,6 @@ class Watcher:
                 self._finish(entry, replace(entry.snapshot, reconnecting=None, final=True))
                 return
             changed = entry.force_detail or _state(record) != _state(entry.snapshot.record)
-            entry.job.update(record)
             snap = replace(entry.snapshot, record=record, reconnecting=None)
             final = record.status.is_terminal
             queued = record.status == m.JobStatus.PENDING and record.started_at is None
@@ -291,6 +290,7 @@ class Watcher:
                 self._finish(entry, replace(snap, final=True))
             elif changed or snap != entry.snapshot:  # first sight included: the card may lag
                 self._publish(entry, snap)
+            entry.job.update(record)  # after the cards: whoever sees the handle move sees them
 
         await asyncio.gather(*(update(entry) for entry in group))
 

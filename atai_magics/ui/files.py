@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
+from traitlets import Bunch
 
 from ..api import _uploads as up
 from ..api import models as m
@@ -427,6 +428,8 @@ class FileChooser(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     }}`` in a cell), ``.to_yaml()`` its ``inputs:`` block, ``.cell()`` a whole ``%%atai_job``
     cell. Listing, uploads and deletes run in background threads; ``wait=True`` (and the
     ``wait`` arguments of the methods) block until they are done, for scripts and tests.
+    ``observe(handler, names="value")`` is told whenever ``.value`` changes (a `ParamsForm`
+    showing the chooser re-checks its job so).
     """
 
     def __init__(
@@ -450,6 +453,7 @@ class FileChooser(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._threads: list[threading.Thread] = []
         self._confirming: list[str] = []
         self._port_rows: dict[str, tuple[w.HBox, w.Dropdown, w.Text]] = {}
+        self._notified: dict[str, list[dict[str, Any]]] = {}
 
         self._status = w.HTML()
         self._search = w.Text(placeholder="search names", layout=w.Layout(width="220px"))
@@ -545,10 +549,15 @@ class FileChooser(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         if shell is not None:
             shell.set_next_input(text, replace=False)
         self._say(
-            "The job cell appears below the cell that runs next (Jupyter adds cells with a "
-            "cell's reply); the YAML above can also be copied."
+            "The job cell appears below the next non-empty cell you run (Jupyter adds cells "
+            "with a cell's reply); the YAML above can also be copied."
         )
         return text
+
+    def show_insert(self, visible: bool) -> None:
+        """Show or hide the "Insert cell below" button. A `ParamsForm` showing this chooser
+        hides it: the form's own button writes the whole cell, config included."""
+        _show(self._insert, visible)
 
     def refresh(self, *, wait: bool = False) -> None:
         """List the org's files (and load the pipeline's ports) again, in the background."""
@@ -863,13 +872,18 @@ class FileChooser(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._notice.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
     def _render(self) -> None:
-        """Set every widget from the model (any thread; traits only)."""
+        """Set every widget from the model (any thread; traits only), then tell observers of
+        ``value`` if the picks changed (``value`` is a property, so traitlets would not)."""
         with self._lock:
             self._rendering = True
             try:
                 self._draw()
             finally:
                 self._rendering = False
+            old, new = self._notified, self.model.value
+            if new != old:
+                self._notified = new
+                self.notify_change(Bunch(name="value", old=old, new=new, owner=self, type="change"))
 
     def _draw(self) -> None:
         model = self.model

@@ -195,6 +195,8 @@ class ParamsForm(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         if files is not None:
             if hasattr(files, "observe"):
                 files.observe(lambda _: self.refresh(), names="value")
+            if hasattr(files, "show_insert"):  # one "Insert cell below": the form's (whole cell)
+                files.show_insert(False)
             return [files] if isinstance(files, w.Widget) else []
         rows = []
         for port, spec in self.model.ports.items():
@@ -348,7 +350,7 @@ class ParamsForm(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         if shell is None:
             return "no IPython: print(form.to_cell()) and copy it"
         shell.set_next_input(cell, replace=False)
-        return "the cell appears below the next cell you run (or copy it from Cell)"
+        return "the cell appears below the next non-empty cell you run (or copy it from Cell)"
 
     def submit(self) -> Job:
         """Create the job (see the module docstring for how); ``job`` keeps its handle."""
