@@ -72,6 +72,8 @@ def test_the_card_moves_on_its_own_and_cancel_cancels(lab, card_backend: LocalBa
     # The final state is also in a plain output (what a saved notebook keeps).
     expect(lab.output(3).locator(".atai-card .atai-badge")).to_have_text("completed")
     lab.screenshot("3-completed")
+    # The card alone, as README shows it (docs/img/card.png is a copy of this file).
+    lab.output(3).locator(".atai-job-card").screenshot(path=lab.artifacts / "card.png")
 
     jobs = {j.name: j for j in client.iter_jobs(q=tag)}
     assert jobs[f"other-{tag}"].status.value == "CANCELLED"  # the backend agrees
