@@ -222,7 +222,9 @@ class Job:
           When more than one input produced predictions, a leading ``file_id`` column says
           which, since a timestamp names a window only within its own file.
         - Other CSV parts keep one header; JSONL lines become records; any other file becomes
-          one ``{"output": name, "text": text}`` record.
+          one ``{"output": name, "text": text}`` record. Activity-detection lines are keyed by
+          ``line_index``, a line number within their own input file, so they too get a leading
+          ``file_id`` column when more than one input produced them.
         """
         target = Path(directory) if directory is not None else _cache_dir(self.id)
         target.mkdir(parents=True, exist_ok=True)
@@ -309,6 +311,8 @@ def _latest_parts(ordered: list[m.Output]) -> list[m.Output]:
 
 _PREDICTION = "Prediction"
 """The class column of machine-state CSV parts; the other column is the timestamp."""
+_LINE_INDEX = "line_index"
+"""The key of activity-detection JSONL lines: the line's number in its own input file."""
 
 
 def _records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -333,14 +337,21 @@ def _merged_records(parts: list[tuple[m.Output, Path]]) -> tuple[list[dict[str, 
     used the same one. Predictions get a leading ``file_id`` when several inputs made them."""
     pieces = [(output, *_records(path)) for output, path in parts]
     columns = {timestamp for _, _, timestamp in pieces if timestamp is not None}
-    inputs = {_input_of(output) for output, _, timestamp in pieces if timestamp is not None}
+    keyed = [_keyed_per_file(rows, timestamp) for _, rows, timestamp in pieces]
+    inputs = {_input_of(output) for (output, _, _), k in zip(pieces, keyed, strict=True) if k}
     records: list[dict[str, Any]] = []
-    for output, rows, timestamp in pieces:
-        if timestamp is not None and len(inputs) > 1:
+    for (output, rows, _), per_file in zip(pieces, keyed, strict=True):
+        if per_file and len(inputs) > 1:
             file_id = output.input_file_id or output.input_id or _input_of(output)
             rows = [{"file_id": file_id, **row} for row in rows]
         records.extend(rows)
     return records, columns.pop() if len(columns) == 1 else None
+
+
+def _keyed_per_file(rows: list[Any], timestamp: str | None) -> bool:
+    """Whether a part's rows are keyed by something that means nothing outside their input
+    file: a machine-state timestamp, or an activity-detection ``line_index``."""
+    return timestamp is not None or any(isinstance(r, dict) and _LINE_INDEX in r for r in rows)
 
 
 def _cache_dir(job_id: str) -> Path:

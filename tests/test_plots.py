@@ -286,6 +286,31 @@ def test_results_of_several_inputs_say_which_file(tmp_path: Path) -> None:
     assert frame.attrs["timestamp_column"] == "ts"
 
 
+def test_results_of_several_jsonl_inputs_say_which_file(tmp_path: Path) -> None:
+    # activity-detection: line_index counts lines within each input file (reference §9.2)
+    parts = [
+        (
+            _out("o2", "pred_b_part_0.jsonl", input_id="inp_b", file_id="b.jsonl"),
+            '{"line_index": 0, "prediction": "z"}\n',
+        ),
+        (
+            _out("o1", "pred_a_part_0.jsonl", input_id="inp_a", file_id="a.jsonl"),
+            '{"line_index": 0, "prediction": "x"}\n'
+            '{"line_index": 1, "prediction": null, "error": "parse error"}\n',
+        ),
+    ]
+    frame = _job(parts).results(tmp_path / "two")
+    assert list(frame.columns) == ["file_id", "line_index", "prediction", "error"]
+    assert frame[["file_id", "line_index"]].to_dict("records") == [
+        {"file_id": "a.jsonl", "line_index": 0},
+        {"file_id": "a.jsonl", "line_index": 1},
+        {"file_id": "b.jsonl", "line_index": 0},
+    ]
+    assert list(frame.prediction.isna()) == [False, True, False]
+    one = _job(parts[1:]).results(tmp_path / "one")  # one input: no file_id column
+    assert list(one.columns) == ["line_index", "prediction", "error"]
+
+
 def test_results_without_input_ids_never_interleave_inputs(tmp_path: Path) -> None:
     parts = [
         (_out("o1", "pred_b_part_0.csv", input_id=None, file_id=None), "ts,Prediction\n1,b0\n"),
