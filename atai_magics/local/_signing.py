@@ -55,7 +55,8 @@ class Signer:
         except ValueError:
             raise SignatureError("access_denied", "Malformed expires parameter") from None
         expected = self._mac(method, path, expires_at)
-        if not hmac.compare_digest(expected, signature.lower()):
+        given = signature.lower().encode("utf-8", "surrogatepass")  # bytes: any text compares
+        if not hmac.compare_digest(expected.encode(), given):
             raise SignatureError("signature_does_not_match", "The request signature does not match")
         if self.clock() > expires_at:
             raise SignatureError("request_expired", "Request has expired")
