@@ -469,6 +469,11 @@ def table(create: dict[str, Any], listing: dict[str, Any], msc: dict[str, Any]) 
             verdict(msc["rate"] >= 10_000),
         ),
     ]
+    return markdown_table(rows)
+
+
+def markdown_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows (the first is the header) as an aligned Markdown table."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(cells: tuple[str, ...]) -> str:

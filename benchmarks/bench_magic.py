@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local import CHANNELS, MSC_KEY, job_body, log, machine, tiny_csv, verdict
+from bench_local import (
+    CHANNELS,
+    MSC_KEY,
+    job_body,
+    log,
+    machine,
+    markdown_table,
+    tiny_csv,
+    verdict,
+)
 
 LOAD_TARGET = 0.25
 CELL_TARGET = 1.5
@@ -403,20 +412,10 @@ def profile_cell(
 # --- the report -------------------------------------------------------------------------------
 
 
-def markdown(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    out = [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    return "\n".join(out + [line(row) for row in rows[1:]])
-
-
 def table(load: dict[str, Any], cell: dict[str, Any]) -> str:
     ms = {name: value * 1000 for name, value in cell["p50"].items()}
     n = cell["calls"]
-    return markdown(
+    return markdown_table(
         [
             ("Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Result"),
             (

@@ -54,7 +54,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local import log, machine, median, verdict
+from bench_local import log, machine, markdown_table, median, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "tests" / "local"  # slow_pipeline.py, the `slow-test` plug-in
@@ -253,7 +253,10 @@ def watcher_block(
             watcher.watch(job, listener)
         thread = _watcher_thread(before)
         deadline = time.monotonic() + 120
-        while watcher.stats.detail_requests < 3 * len(jobs):  # events, progress, outputs
+        # The first look is over when a tick that began after the last watch() has ended,
+        # i.e. when the tick after it begins (queued jobs that never ran get no details).
+        seen = watcher.stats.ticks
+        while watcher.stats.ticks < seen + 2:
             if time.monotonic() > deadline or watcher.stats.errors:
                 raise RuntimeError(f"the watcher's first look did not finish: {watcher.stats}")
             time.sleep(0.002)
@@ -604,9 +607,12 @@ def bench_kernel(root: Path, backend: Backend, ids: list[str], n: int, block: in
         watching.run(KERNEL_WATCH.format(interval=INTERVAL, ids=ids))
         stats = "(_watcher.stats.ticks, _watcher.stats.detail_requests, len(_watcher.watching()))"
         deadline = time.monotonic() + 120
-        while True:
+        first: int | None = None
+        while True:  # settled: two whole ticks over every job (queued jobs get no details)
             ticks, detail, count = eval(watching.run("", s=stats)["s"])
-            if detail >= 3 * len(ids) and ticks >= 3:
+            if count == len(ids) and first is None:
+                first = ticks
+            if first is not None and ticks >= first + 2:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the kernel's watcher did not settle: {ticks, detail, count}")
@@ -741,14 +747,7 @@ def table(poll: dict[str, Any], kernel: dict[str, Any]) -> str:
             "-",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    out = [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(row) for row in rows[1:]]
-    return "\n".join(out)
+    return markdown_table(rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
