@@ -130,14 +130,9 @@ class Job:
 
     @property
     def summary(self) -> str:
-        """One phrase for the state: ``completed with failures`` never reads as success."""
-        status = self.status
-        if status == m.JobStatus.COMPLETED and self.failures:
-            return "completed with failures"
-        position, depth = self.record.queue_position, self.record.queue_depth
-        if status in (m.JobStatus.PENDING, m.JobStatus.PREEMPTED) and position:
-            return f"{status.value.lower()} (position {position} of {depth})"
-        return status.value.lower()
+        """One phrase for the state, as the card's badge says it: ``completed with failures``
+        never reads as success; a queued job says its position."""
+        return self.view().phrase
 
     # --- actions ----------------------------------------------------------------------------
 

@@ -53,6 +53,14 @@ class _Parser(argparse.ArgumentParser):
         raise OptionsError(f"{message}\nusage: {self.format_usage().strip()[7:]}")
 
 
+def _words(line: str) -> list[str]:
+    """A magic's line split as a shell would, or an OptionsError."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise OptionsError(f"cannot read the options: {exc}") from None
+
+
 @functools.cache
 def _job_parser() -> _Parser:
     parser = _Parser(prog="%%atai_job", add_help=False)
@@ -79,11 +87,7 @@ def _jobs_parser() -> _Parser:
 
 def parse_jobs_options(line: str) -> dict[str, Any]:
     """The options of ``%atai_jobs [--status S] [--pipeline KEY] [--limit N] [--search Q]``."""
-    try:
-        words = shlex.split(line)
-    except ValueError as exc:
-        raise OptionsError(f"cannot read the options: {exc}") from None
-    args = vars(_jobs_parser().parse_args(words))
+    args = vars(_jobs_parser().parse_args(_words(line)))
     if args["status"]:
         args["status"] = args["status"].upper()
     if not 1 <= args["limit"] <= 1000:
@@ -106,11 +110,7 @@ class CellOptions:
 @functools.lru_cache(maxsize=128)  # cells are re-run with the same line; errors aren't cached
 def parse_cell_options(line: str) -> CellOptions:
     """The options of ``%%atai_job [VAR] [--dry-run] [--wait] ...``."""
-    try:
-        words = shlex.split(line)
-    except ValueError as exc:
-        raise OptionsError(f"cannot read the options: {exc}") from None
-    args = _job_parser().parse_args(words)
+    args = _job_parser().parse_args(_words(line))
     if args.var is not None and not args.var.isidentifier():
         raise OptionsError(f"{args.var!r} is not a valid variable name")
     return CellOptions(**vars(args))

@@ -10,6 +10,7 @@ state.
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 import uuid
@@ -175,7 +176,7 @@ class JobCard(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             outcome = f"{label} failed: {exc}"
             colour = "#b91c1c"
         self.notice = outcome
-        self._notice.value = f"<span style='color:{colour}'>{_escape(outcome)}</span>"
+        self._notice.value = f"<span style='color:{colour}'>{html.escape(outcome)}</span>"
         if self.watcher is not None:
             self.watcher.watch(self.job, self.apply)  # again, if it had ended
         else:
@@ -200,7 +201,7 @@ class JobCard(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 reason = str(exc) or "the output is no longer listed"
                 text, colour = f"download failed: {reason}", "#b91c1c"
             self.notice = text
-            self._notice.value = f"<span style='color:{colour}'>{_escape(text)}</span>"
+            self._notice.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
         self._notice.value = "<span>downloading…</span>"
         thread = threading.Thread(target=work, name="atai-download", daemon=True)
@@ -217,9 +218,3 @@ def _show(widget: w.DOMWidget, visible: bool) -> None:
     display_value = None if visible else "none"
     if widget.layout.display != display_value:
         widget.layout.display = display_value
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)

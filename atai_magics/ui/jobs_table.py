@@ -66,11 +66,11 @@ class JobsPage:
         rows = "".join(
             "<tr>"
             f"<td style='padding:2px 8px'>{row.badge()}</td>"
-            f"<td style='padding:2px 8px'>{_e(row.name)}</td>"
-            f"<td style='padding:2px 8px'><code>{_e(row.pipeline)}</code></td>"
-            f"<td style='padding:2px 8px'>{_e(row.created or '')}</td>"
-            f"<td style='padding:2px 8px'>{_e(row.elapsed or '')}</td>"
-            f"<td style='padding:2px 8px'><code>{_e(row.job_id)}</code></td></tr>"
+            f"<td style='padding:2px 8px'>{html.escape(row.name)}</td>"
+            f"<td style='padding:2px 8px'><code>{html.escape(row.pipeline)}</code></td>"
+            f"<td style='padding:2px 8px'>{html.escape(row.created or '')}</td>"
+            f"<td style='padding:2px 8px'>{html.escape(row.elapsed or '')}</td>"
+            f"<td style='padding:2px 8px'><code>{html.escape(row.job_id)}</code></td></tr>"
             for row in self.rows
         )
         return f"<table class='atai-jobs'><tr>{head}</tr>{rows}</table>"
@@ -233,7 +233,7 @@ class JobsTable(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _say(self, text: str, *, error: bool = False) -> str:
         self.notice = text
         colour = "#b91c1c" if error else "#374151"
-        self._notice.value = f"<span style='color:{colour}'>{_e(text)}</span>"
+        self._notice.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
         return text
 
     def __repr__(self) -> str:
@@ -261,7 +261,3 @@ def show_jobs(client: Client, query: JobsQuery, *, widget: bool) -> None:
         return
     page = fetch_page(client, query)
     display({"text/plain": page.text(), "text/html": page.html()}, raw=True)  # type: ignore[no-untyped-call]
-
-
-def _e(text: str) -> str:
-    return html.escape(text)

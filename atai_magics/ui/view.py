@@ -213,30 +213,47 @@ class CardView:
 
     # --- text -------------------------------------------------------------------------------
 
+    @property
+    def times(self) -> list[str]:
+        """``["created …", "started …", "ended …", "elapsed …"]``, those that are known."""
+        named = (
+            ("created", self.created),
+            ("started", self.started),
+            ("ended", self.ended),
+            ("elapsed", self.elapsed),
+        )
+        return [f"{label} {value}" for label, value in named if value]
+
+    @property
+    def inputs_text(self) -> str | None:
+        counts = self.inputs
+        if counts is None or not counts.total:
+            return None
+        return (
+            f"inputs: {counts.completed} completed, {counts.failed} failed, "
+            f"{counts.processing} processing, {counts.pending} pending"
+        )
+
+    @property
+    def progress_text(self) -> str | None:
+        """The latest progress message, with its percent when given."""
+        if not self.progress:
+            return None
+        pct = f" ({self.percent:.0f}%)" if self.percent is not None else ""
+        return f"{self.progress}{pct}"
+
     def text(self) -> str:
         """Stable lines for a terminal, nbval and a saved notebook."""
         head = f"Job {self.name!r} ({self.pipeline}) on {self.backend}: {self.phrase}"
         lines = [head, self.job_id]
         if self.reconnecting:
             lines.append(self.reconnecting)
-        times = [f"created {self.created}"] if self.created else []
-        if self.started:
-            times.append(f"started {self.started}")
-        if self.ended:
-            times.append(f"ended {self.ended}")
-        if self.elapsed:
-            times.append(f"elapsed {self.elapsed}")
-        if times:
-            lines.append(", ".join(times))
-        counts = self.inputs
-        if counts is not None and counts.total:
-            lines.append(
-                f"inputs: {counts.completed} completed, {counts.failed} failed, "
-                f"{counts.processing} processing, {counts.pending} pending"
-            )
-        if self.progress:
-            pct = f" ({self.percent:.0f}%)" if self.percent is not None else ""
-            lines.append(f"progress: {self.progress}{pct}")
+        if self.times:
+            lines.append(", ".join(self.times))
+        if self.inputs_text:
+            lines.append(self.inputs_text)
+        if self.progress_text:
+            lines.append(f"progress: {self.progress_text}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         if self.error:
             lines.append(f"error: {self.error}")
@@ -265,16 +282,7 @@ class CardView:
             f"<span class='atai-backend' style='border:1px solid #9ca3af;border-radius:4px;"
             f"padding:0 5px;font-size:85%'>{_e(self.backend)}</span>"
         )
-        times = " · ".join(
-            f"{label} {_e(value)}"
-            for label, value in (
-                ("created", self.created),
-                ("started", self.started),
-                ("ended", self.ended),
-                ("elapsed", self.elapsed),
-            )
-            if value
-        )
+        times = _e(" · ".join(self.times))
         return (
             f"<div class='atai-header'><b>{_e(self.name)}</b> "
             f"<code>{_e(self.pipeline)}</code> {backend} {self.badge()}"
@@ -300,13 +308,10 @@ class CardView:
             parts.append(
                 "<div class='atai-bar' style='display:flex;height:10px;width:100%;"
                 f"max-width:480px;border-radius:3px;overflow:hidden;background:#f3f4f6'>{segments}"
-                f"</div><div style='font-size:85%'>inputs: {counts.completed} completed, "
-                f"{counts.failed} failed, {counts.processing} processing, {counts.pending} "
-                "pending</div>"
+                f"</div><div style='font-size:85%'>{self.inputs_text}</div>"
             )
-        if self.progress:
-            pct = f" ({self.percent:.0f}%)" if self.percent is not None else ""
-            parts.append(f"<div class='atai-progress'>{_e(self.progress)}{pct}</div>")
+        if self.progress_text:
+            parts.append(f"<div class='atai-progress'>{_e(self.progress_text)}</div>")
         return "".join(parts)
 
     def alerts_html(self) -> str:
