@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from . import _operations as ops
 from . import models as m
-from ._steps import Call, Flow, Parallel, is_expired_url_error
-from .errors import ApiError, AtaiError, ConfigError, ServerError
+from ._steps import Call, Flow, Parallel, RetryPolicy, Sleep, is_expired_url_error
+from .errors import (
+    ApiError,
+    AtaiError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    ServerError,
+    TransportError,
+)
+
+T = TypeVar("T")
 
 CHUNK_SIZE = 1024 * 1024
 SIMPLE_UPLOAD_LIMIT = 32 * 1024 * 1024
@@ -110,9 +122,18 @@ class _CountingReader:
 
 
 def _read_range(
-    path: Path, offset: int, length: int, progress: _Progress, part: int
+    source: Path | bytes, offset: int, length: int, progress: _Progress, part: int
 ) -> Iterator[bytes]:
+    """Bytes ``[offset, offset + length)`` of a file (read in chunks) or of bytes in memory."""
     progress.restart(part)
+    if isinstance(source, bytes):
+        view = memoryview(source)[offset : offset + length]
+        for start in range(0, len(view), CHUNK_SIZE):
+            chunk = view[start : start + CHUNK_SIZE].tobytes()
+            progress.add(part, len(chunk))
+            yield chunk
+        return
+    path = source
     with path.open("rb") as file:
         file.seek(offset)
         remaining = length
@@ -133,6 +154,7 @@ def upload_file(
     *,
     simple_limit: int,
     concurrency: int,
+    retry: RetryPolicy,
 ) -> Flow[m.FileUploadResult]:
     size = path.stat().st_size
     if file_type in SIMPLE_TYPES and size <= simple_limit:
@@ -142,26 +164,113 @@ def upload_file(
             reader = _CountingReader(path.open("rb"), progress)
             return {"files": {"file": (file_id, reader, file_type)}}
 
-        response = yield Call("POST", ops.FILES, body=body)
+        return (yield from _simple_upload(Call("POST", ops.FILES, body=body), file_id, size, retry))
+    return (
+        yield from _direct_upload(path, file_id, file_type, size, on_progress, concurrency, retry)
+    )
+
+
+def upload_bytes(
+    data: bytes,
+    file_id: str,
+    file_type: str,
+    *,
+    encode: bool = False,
+    simple_limit: int = SIMPLE_UPLOAD_LIMIT,
+    concurrency: int = 4,
+    retry: RetryPolicy,
+) -> Flow[m.FileUploadResult]:
+    """``POST /files``, or ``POST /files/base64`` with the content Base64-encoded; bytes that
+    ``POST /files`` would refuse (JSONL, or over ``simple_limit``) take the direct flow."""
+    if not encode and (file_type not in SIMPLE_TYPES or len(data) > simple_limit):
+        return (
+            yield from _direct_upload(data, file_id, file_type, len(data), None, concurrency, retry)
+        )
+    content = base64.b64encode(data) if encode else data
+    path = f"{ops.FILES}/base64" if encode else ops.FILES
+    call = Call("POST", path, body=lambda: {"files": {"file": (file_id, content, file_type)}})
+    return (yield from _simple_upload(call, file_id, len(data), retry))
+
+
+def _simple_upload(
+    call: Call, file_id: str, size: int, retry: RetryPolicy
+) -> Flow[m.FileUploadResult]:
+    def send() -> Flow[m.FileUploadResult]:
+        response = yield call
         result: m.FileUploadResult = m.FileUploadResult.model_validate_json(response.content)
-        if not result.is_valid:
-            raise ConfigError(f"The server did not accept {file_id!r} (is_valid is false)")
         return result
-    return (yield from _direct_upload(path, file_id, file_type, size, on_progress, concurrency))
+
+    result = yield from _store(send, file_id, size, retry)
+    if isinstance(result, m.FileMeta):
+        return m.FileUploadResult(is_valid=True, file_id=result.file_id, file_uid=result.file_uid)
+    if not result.is_valid:
+        raise ConfigError(f"The server did not accept {file_id!r} (is_valid is false)")
+    return result
+
+
+def _repeat(send: Callable[[], Flow[T]], retry: RetryPolicy) -> Flow[T]:
+    """Run ``send`` (a POST) again after a 5xx or a lost connection, which may or may not have
+    done the work: for requests whose repetition does no harm (a part checkpoint, new part
+    URLs, an initiate) or whose repetition is detected (``_store``)."""
+    for attempt in itertools.count():
+        try:
+            return (yield from send())
+        except (TransportError, ServerError):
+            if attempt >= retry.max_retries:
+                raise
+        yield Sleep(retry.delay(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _store(
+    send: Callable[[], Flow[T]], file_id: str, size: int, retry: RetryPolicy
+) -> Flow[T | m.FileMeta]:
+    """``_repeat`` for a request that stores file ``file_id``: a 409 on a repeat means an
+    earlier attempt stored it, and the file's metadata is returned if its size is ``size``."""
+    attempts = 0
+
+    def once() -> Flow[T | m.FileMeta]:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return (yield from send())
+        except Conflict:
+            if attempts == 1:
+                raise
+            stored = yield from _stored(file_id, size)
+            if stored is None:
+                raise
+            return stored
+
+    return (yield from _repeat(once, retry))
+
+
+def _stored(file_id: str, size: int) -> Flow[m.FileMeta | None]:
+    try:
+        meta = yield from ops.get_file_metadata(file_id)
+    except NotFound:
+        return None
+    return meta if meta.num_bytes == size else None
 
 
 def _direct_upload(
-    path: Path,
+    source: Path | bytes,
     file_id: str,
     file_type: str,
     size: int,
     on_progress: ProgressCallback | None,
     concurrency: int,
+    retry: RetryPolicy,
 ) -> Flow[m.FileUploadResult]:
+    """Resumes the checkpointed parts of an interrupted upload of the same file, only when
+    ``source`` is a file: bytes in memory are whole, and their earlier parts may differ."""
     request = m.InitiateUploadRequest(
-        filename=file_id, file_type=file_type, num_bytes=size, resume_if_started=True
+        filename=file_id,
+        file_type=file_type,
+        num_bytes=size,
+        resume_if_started=isinstance(source, Path),
     )
-    upload: m.InitiateUploadResponse = yield from ops.initiate_upload(request)
+    upload = yield from _repeat(functools.partial(ops.initiate_upload, request), retry)
     progress = _Progress(size, size - sum(p.length for p in upload.parts), on_progress)
     pending = list(upload.parts)
     unsaved: list[m.PartToken] = []
@@ -169,31 +278,38 @@ def _direct_upload(
     try:
         while pending:
             wave, pending = pending[:wave_size], pending[wave_size:]
-            tokens = yield from _put_parts(path, upload.upload_id, wave, progress, concurrency)
+            tokens = yield from _put_parts(
+                source, upload.upload_id, wave, progress, concurrency, retry
+            )
             if pending:
-                yield from ops.checkpoint_parts(upload.upload_id, tokens)
+                checkpoint = functools.partial(ops.checkpoint_parts, upload.upload_id, tokens)
+                yield from _repeat(checkpoint, retry)
             else:
                 unsaved = tokens
-        done: m.CompleteUploadResponse = yield from ops.complete_upload(upload.upload_id, unsaved)
+        complete = functools.partial(ops.complete_upload, upload.upload_id, unsaved)
+        done = yield from _store(complete, file_id, size, retry)
     except ApiError as exc:
         if not isinstance(exc, ServerError):  # a refusal; a 5xx may pass, so keep the parts
             with contextlib.suppress(AtaiError):  # the original error is the one worth showing
                 yield from ops.abort_upload(upload.upload_id)
         raise
+    if isinstance(done, m.FileMeta):
+        return m.FileUploadResult(is_valid=True, file_id=done.file_id, file_uid=done.file_uid)
     return m.FileUploadResult(is_valid=True, file_id=done.file_name, file_uid=done.file_uid)
 
 
 def _put_parts(
-    path: Path,
+    source: Path | bytes,
     upload_id: str,
     parts: list[m.UploadPart],
     progress: _Progress,
     concurrency: int,
+    retry: RetryPolicy,
 ) -> Flow[list[m.PartToken]]:
     """PUT parts in parallel; parts whose URL expired get a fresh URL and go again (once)."""
     tokens: dict[int, str] = {}
     for refreshed in (False, True):
-        outcomes = yield Parallel([_part_call(path, p, progress) for p in parts], concurrency)
+        outcomes = yield Parallel([_part_call(source, p, progress) for p in parts], concurrency)
         expired: list[int] = []
         for part, outcome in zip(parts, outcomes, strict=True):
             if isinstance(outcome, AtaiError):
@@ -204,30 +320,16 @@ def _put_parts(
                 tokens[part.part_number] = outcome.headers.get("etag", "")
         if not expired:
             break
-        fresh: m.PartUrlsResponse = yield from ops.get_part_urls(upload_id, expired)
+        fresh = yield from _repeat(functools.partial(ops.get_part_urls, upload_id, expired), retry)
         parts = fresh.parts
     return [m.PartToken(part_number=n, part_token=t) for n, t in sorted(tokens.items())]
 
 
-def _part_call(path: Path, part: m.UploadPart, progress: _Progress) -> Call:
+def _part_call(source: Path | bytes, part: m.UploadPart, progress: _Progress) -> Call:
     def body() -> dict[str, Any]:
         return {
-            "content": _read_range(path, part.offset, part.length, progress, part.part_number),
+            "content": _read_range(source, part.offset, part.length, progress, part.part_number),
             "headers": {"Content-Length": str(part.length)},
         }
 
     return Call("PUT", part.url, body=body, authenticated=False)
-
-
-def upload_bytes(
-    data: bytes, file_id: str, file_type: str, *, encode: bool = False
-) -> Flow[m.FileUploadResult]:
-    """``POST /files``, or ``POST /files/base64`` with the content Base64-encoded."""
-    if encode:
-        data = base64.b64encode(data)
-    path = f"{ops.FILES}/base64" if encode else ops.FILES
-    response = yield Call(
-        "POST", path, body=lambda: {"files": {"file": (file_id, data, file_type)}}
-    )
-    result: m.FileUploadResult = m.FileUploadResult.model_validate_json(response.content)
-    return result

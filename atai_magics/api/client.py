@@ -141,6 +141,20 @@ class _BaseClient:
             on_progress,
             simple_limit=self.simple_upload_limit,
             concurrency=self.upload_concurrency,
+            retry=self.retry,
+        )
+
+    def _bytes_flow(
+        self, data: bytes, file_id: str, file_type: str | None, *, encode: bool = False
+    ) -> Flow[m.FileUploadResult]:
+        return up.upload_bytes(
+            data,
+            file_id,
+            file_type or up.guess_file_type(Path(file_id)),
+            encode=encode,
+            simple_limit=self.simple_upload_limit,
+            concurrency=self.upload_concurrency,
+            retry=self.retry,
         )
 
 
@@ -522,15 +536,13 @@ class Client(_BaseClient):
     def upload_bytes(
         self, data: bytes, file_id: str, file_type: str | None = None
     ) -> m.FileUploadResult:
-        file_type = file_type or up.guess_file_type(Path(file_id))
-        return self._run(up.upload_bytes(data, file_id, file_type))
+        return self._run(self._bytes_flow(data, file_id, file_type))
 
     def upload_base64(
         self, data: bytes, file_id: str, file_type: str | None = None
     ) -> m.FileUploadResult:
         """Upload through ``POST /files/base64`` (the bytes are encoded here)."""
-        file_type = file_type or up.guess_file_type(Path(file_id))
-        return self._run(up.upload_bytes(data, file_id, file_type, encode=True))
+        return self._run(self._bytes_flow(data, file_id, file_type, encode=True))
 
     def delete_file(self, file_id: str) -> m.FileUploadResult:
         return self._run(ops.delete_file(file_id))
@@ -962,15 +974,13 @@ class AsyncClient(_BaseClient):
     async def upload_bytes(
         self, data: bytes, file_id: str, file_type: str | None = None
     ) -> m.FileUploadResult:
-        file_type = file_type or up.guess_file_type(Path(file_id))
-        return await self._run(up.upload_bytes(data, file_id, file_type))
+        return await self._run(self._bytes_flow(data, file_id, file_type))
 
     async def upload_base64(
         self, data: bytes, file_id: str, file_type: str | None = None
     ) -> m.FileUploadResult:
         """Upload through ``POST /files/base64`` (the bytes are encoded here)."""
-        file_type = file_type or up.guess_file_type(Path(file_id))
-        return await self._run(up.upload_bytes(data, file_id, file_type, encode=True))
+        return await self._run(self._bytes_flow(data, file_id, file_type, encode=True))
 
     async def delete_file(self, file_id: str) -> m.FileUploadResult:
         return await self._run(ops.delete_file(file_id))

@@ -742,6 +742,81 @@ def test_upload_base64_sends_base64_text_to_files_base64() -> None:
     assert server.stored == {"table.csv": ("text/csv", data)}
 
 
+class FlakyFiles:
+    """``POST /files`` that stores the file and then answers ``first`` (a 5xx, or a dropped
+    connection with ``"drop"``) on the first request, or fails without storing
+    (``stores=False``); a file that exists is a 409, as on the platform. Metadata by GET."""
+
+    def __init__(self, first: int | str = 502, *, stores: bool = True, size: int | None = None):
+        self.first, self.stores, self.size = first, stores, size
+        self.log: list[str] = []
+        self.files: dict[str, int] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = api_path(request)
+        self.log.append(f"{request.method} {path}")
+        if request.method == "GET":
+            file_id = path.rsplit("/", 1)[-1]
+            if file_id not in self.files:
+                return httpx.Response(404, json=error_body("not_found", "no such file"))
+            return httpx.Response(
+                200,
+                json={"file_id": file_id, "file_uid": "fil_1", "num_bytes": self.files[file_id]},
+            )
+        (part,) = parse_multipart(request)
+        assert part.filename is not None
+        if part.filename in self.files:
+            return httpx.Response(409, json=error_body("conflict", "File already exists"))
+        if len(self.log) == 1:
+            if self.stores:
+                self.files[part.filename] = self.size or len(part.data)
+            if self.first == "drop":
+                raise httpx.RemoteProtocolError("connection closed", request=request)
+            return httpx.Response(int(self.first), json=error_body("internal_error", "oops"))
+        self.files[part.filename] = len(part.data)
+        return httpx.Response(
+            200, json={"is_valid": True, "file_id": part.filename, "file_uid": "fil_2"}
+        )
+
+
+@pytest.mark.parametrize("first", [500, 502, "drop"])
+def test_simple_upload_after_an_ambiguous_failure_that_stored_it_returns_the_file(
+    first: int | str,
+) -> None:
+    server = FlakyFiles(first)
+    with flow_client(server.handler, FakeClock()) as client:
+        result = client.upload_bytes(b"a,b\n1,2\n", "t.csv")
+    assert result == m.FileUploadResult(is_valid=True, file_id="t.csv", file_uid="fil_1")
+    assert server.log == ["POST /files", "POST /files", "GET /files/metadata/t.csv"]
+
+
+def test_simple_upload_after_a_5xx_that_stored_nothing_posts_again(tmp_path: Path) -> None:
+    source = tmp_path / "t.csv"
+    source.write_bytes(b"a,b\n1,2\n")
+    server = FlakyFiles(503, stores=False)
+    clock = FakeClock()
+    with flow_client(server.handler, clock) as client:
+        result = client.upload_file(source)
+    assert result.file_uid == "fil_2"
+    assert server.log == ["POST /files", "POST /files"]
+    assert clock.delays == [0.5]
+
+
+def test_simple_upload_conflict_is_raised_when_the_stored_file_is_not_ours() -> None:
+    server = FlakyFiles(502, size=999)  # "stored" with another size: someone else's file
+    with flow_client(server.handler, FakeClock()) as client, pytest.raises(Conflict):
+        client.upload_bytes(b"a,b\n1,2\n", "t.csv")
+    assert server.log == ["POST /files", "POST /files", "GET /files/metadata/t.csv"]
+
+
+def test_simple_upload_of_an_existing_file_is_a_conflict_without_a_lookup() -> None:
+    server = FlakyFiles()
+    server.files["t.csv"] = 8
+    with flow_client(server.handler, FakeClock()) as client, pytest.raises(Conflict):
+        client.upload_bytes(b"a,b\n1,2\n", "t.csv")
+    assert server.log == ["POST /files"]
+
+
 def test_unknown_extension_is_a_config_error_before_any_request(tmp_path: Path) -> None:
     source = tmp_path / "mystery.xyz"
     source.write_bytes(b"?")
@@ -1064,8 +1139,39 @@ def test_direct_upload_server_error_is_not_aborted(tmp_path: Path, status: int) 
     client = flow_client(server.handler, FakeClock(), simple_upload_limit=1000)
     with client, pytest.raises(ServerError):
         client.upload_file(source)
-    assert len(server.calls("complete")) == 1  # a POST: not repeated blindly
+    # repeated (a repeat that met a 409 would ask whether an earlier one stored the file)
+    assert len(server.calls("complete")) == 4
     assert server.calls("abort") == []  # a 5xx may pass: the parts stay for a resume
+
+
+def test_direct_upload_complete_that_landed_before_a_5xx_returns_the_file(
+    tmp_path: Path,
+) -> None:
+    source, data = write_source(tmp_path)
+    server = DirectFiles()
+    completes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.test":
+            return server.handler(request)
+        path = api_path(request)
+        if request.method == "GET":
+            assert path == "/files/metadata/big.csv"
+            meta = {"file_id": "big.csv", "file_uid": "fil_direct", "num_bytes": len(data)}
+            return httpx.Response(200, json=meta)
+        if path.endswith("/complete"):
+            completes.append(1)
+            if len(completes) == 1:
+                server.handler(request)  # the file is stored, the answer is lost
+                return httpx.Response(500, json=error_body("internal_error", "lost"))
+            return httpx.Response(409, json=error_body("conflict", "Upload is already completed"))
+        return server.handler(request)
+
+    with flow_client(handler, FakeClock(), simple_upload_limit=1000) as client:
+        result = client.upload_file(source)
+    assert result == m.FileUploadResult(is_valid=True, file_id="big.csv", file_uid="fil_direct")
+    assert server.completed == data
+    assert len(completes) == 2 and server.calls("abort") == []
 
 
 def test_direct_upload_transport_failure_is_not_aborted(tmp_path: Path) -> None:
