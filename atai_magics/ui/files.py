@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 from traitlets import Bunch
 
-from ..api import _uploads as up
 from ..api import models as m
 from ..api.errors import AtaiError
 from . import cell_yaml
@@ -852,15 +850,8 @@ class FileChooser(w.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         done = []
         while files:
             name, data = files.pop(0)
-            file_type = up.guess_file_type(Path(name))
-            if file_type in up.SIMPLE_TYPES:
-                result = client.upload_bytes(data, name, file_type)
-            else:  # e.g. JSONL: only the direct flow takes it, and that reads a file
-                with tempfile.TemporaryDirectory() as tmp:
-                    spooled = Path(tmp) / "upload"
-                    spooled.write_bytes(data)
-                    del data
-                    result = client.upload_file(spooled, name, file_type)
+            result = client.upload_bytes(data, name)  # JSONL goes through the direct flow
+            del data
             done.append(result.file_id or name)
         self._uploaded(done)
 
