@@ -430,11 +430,12 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def table(create: dict[str, Any], listing: dict[str, Any], msc: dict[str, Any]) -> str:
+def rows(
+    create: dict[str, Any], listing: dict[str, Any], msc: dict[str, Any]
+) -> list[tuple[str, ...]]:
     ms = {name: value * 1000 for name, value in listing["p50"].items()}
     fill = f"{listing['fill']:,}"
-    rows = [
-        ("Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Result"),
+    return [
         (
             f"1. Job creations/s, sync `Client`, 1 keep-alive connection ({create['jobs']} jobs)",
             f"{create['create_rate']:,.0f} jobs/s",
@@ -469,7 +470,28 @@ def table(create: dict[str, Any], listing: dict[str, Any], msc: dict[str, Any]) 
             verdict(msc["rate"] >= 10_000),
         ),
     ]
-    return markdown_table(rows)
+
+
+HEADER = ("Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Result")
+
+
+def write_rows(
+    path: Path | None, section: str, rows: list[tuple[str, ...]], versions: dict[str, str]
+) -> None:
+    """Append one script's rows as a JSON line, so ``benchmarks/report.py`` can print every
+    figure of a ``benchmarks/run`` in one table (each script runs in its own venv)."""
+    if path is None:
+        return
+    record = {
+        "section": section,
+        "rows": rows,
+        "versions": versions,
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg()[0],
+        "finished": dt.datetime.now(dt.timezone.utc).strftime("%H:%M UTC"),
+    }
+    with path.open("a") as out:
+        out.write(json.dumps(record) + "\n")  # one write: a whole line or nothing
 
 
 def markdown_table(rows: list[tuple[str, ...]]) -> str:
@@ -493,6 +515,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="inference CSV rows (3)")
     parser.add_argument("--repeats", type=int, default=3, help="pipeline runs (figure 3)")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
+    parser.add_argument(
+        "--rows-json", type=Path, help="append the rows to this file (benchmarks/run)"
+    )
     parser.add_argument("--msc-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -526,13 +551,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Local backend benchmarks, {info['date']}: {info['nproc']} cores ({info['cpu']}), "
         f"Python {info['python']}, {info['platform']}, numpy {results[2]['numpy']}"
     )
+    table = rows(*results)
     print()
-    print(table(*results))
+    print(markdown_table([HEADER, *table]))
     print()
     print(
         f"Ratios are taken against baselines measured in this run, interleaved with the figure "
         f"they divide (medians). Total time {time.perf_counter() - started:.0f}s."
     )
+    write_rows(args.rows_json, "local", table, {"numpy": results[2]["numpy"]})
     return 0
 
 

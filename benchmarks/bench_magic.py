@@ -9,7 +9,9 @@ the only place jupysql is installed:
    the two extensions alternate, one warm-up each is discarded, medians are compared.
    The local backend that atai_magics starts in a background thread is *not* waited for
    (the user does not wait for it either); the child then waits for it and stops it.
-   Target: at most 0.25x.
+   Target: at most 0.25x. ``import ipywidgets`` in the same kind of process (a started
+   shell, the import alone timed) is a second baseline, in the same rotation: the widgets
+   library the cards need, which the load does not import (checked in every child).
 2. The time of a ``%%atai_job --no-card --quiet`` cell (``shell.run_cell``, one new job per
    run: the name interpolates ``{{ i }}``, ``wait=never``, schema cached by a warm-up run),
    against a bare ``httpx.Client.post(url + "/batch/jobs", json=<the same body>)`` on a
@@ -28,6 +30,7 @@ import argparse
 import atexit
 import contextlib
 import cProfile
+import importlib
 import io
 import json
 import os
@@ -45,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_local import (
     CHANNELS,
+    HEADER,
     MSC_KEY,
     job_body,
     log,
@@ -52,6 +56,7 @@ from bench_local import (
     markdown_table,
     tiny_csv,
     verdict,
+    write_rows,
 )
 
 LOAD_TARGET = 0.25
@@ -75,6 +80,8 @@ config:
 LOAD_MARK = "@@ load_ext @@"
 NOOP_MAGIC = "atai_bench_noop"
 EXTENSIONS = {"atai_magics": ("cell", "atai_job"), "sql": ("line", "sql")}
+WIDGETS = "ipywidgets"
+LOADS = (*EXTENSIONS, WIDGETS)  # what a --load-child process times: a load or the import
 
 
 def quiet_env(root: Path) -> dict[str, str]:
@@ -103,19 +110,31 @@ def median(values: list[float]) -> float:
 
 
 def load_child(extension: str) -> dict[str, Any]:
-    """In a fresh process: start a shell, time the load alone, then clean up after it."""
+    """In a fresh process: start a shell, time the load (or the import) alone, then clean up
+    after it."""
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
+    if WIDGETS in sys.modules:
+        raise RuntimeError("ipywidgets was imported before the timed step")
     print(LOAD_MARK, file=sys.stderr, flush=True)  # for -X importtime (not timed)
     started = time.perf_counter()
-    shell.run_line_magic("load_ext", extension)
+    if extension == WIDGETS:
+        importlib.import_module(WIDGETS)
+    else:
+        shell.run_line_magic("load_ext", extension)
     elapsed = time.perf_counter() - started
     print(LOAD_MARK, file=sys.stderr, flush=True)
+    result: dict[str, Any] = {
+        "extension": extension,
+        "load_s": elapsed,
+        "widgets_imported": WIDGETS in sys.modules,
+    }
+    if extension == WIDGETS:
+        return result
     kind, name = EXTENSIONS[extension]
     if name not in shell.magics_manager.magics[kind]:
         raise RuntimeError(f"%load_ext {extension} did not register %{name}")
-    result: dict[str, Any] = {"extension": extension, "load_s": elapsed}
     if extension == "atai_magics":
         from atai_magics.local import server
 
@@ -154,8 +173,9 @@ def bench_load(root: Path, repeats: int) -> dict[str, Any]:
 
     env = quiet_env(root)
     home = env["ATAI_LOCAL_HOME"]
-    samples: dict[str, list[float]] = {ext: [] for ext in EXTENSIONS}
+    samples: dict[str, list[float]] = {ext: [] for ext in LOADS}
     ready: list[float] = []
+    widgets_by_load: list[bool] = []
 
     def one(extension: str, importtime: bool = False) -> dict[str, Any]:
         command = [sys.executable, str(Path(__file__).resolve()), "--load-child", extension]
@@ -168,24 +188,28 @@ def bench_load(root: Path, repeats: int) -> dict[str, Any]:
         finally:
             server.stop(home)  # in case the child died before stopping it
         if done.returncode != 0:
-            raise RuntimeError(f"%load_ext {extension} child failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"{extension} load child failed:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         if importtime:
             result["imports"] = imports_during_load(done.stderr)
         return result
 
-    order = list(EXTENSIONS)
+    order = list(LOADS)
     for ext in order:  # warm-up: first-time files (~/.ploomber, the token, .pyc, page cache)
         one(ext)
     for i in range(repeats):
-        for ext in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+        shift = i % len(order)  # rotate who goes first
+        for ext in order[shift:] + order[:shift]:
             result = one(ext)
             samples[ext].append(result["load_s"])
             if "backend_ready_s" in result:
                 ready.append(result["backend_ready_s"])
+            if ext == "atai_magics":
+                widgets_by_load.append(result["widgets_imported"])
     from importlib.metadata import version
 
     atai, sql = median(samples["atai_magics"]), median(samples["sql"])
+    widgets = median(samples[WIDGETS])
     imports = {}
     if atai / sql > LOAD_TARGET or PROFILE:  # where the load's time goes: its imports
         imports = {ext: one(ext, importtime=True)["imports"] for ext in order}
@@ -195,8 +219,12 @@ def bench_load(root: Path, repeats: int) -> dict[str, Any]:
         "atai_s": atai,
         "sql_s": sql,
         "ratio": atai / sql,
+        "widgets_s": widgets,
+        "widgets_ratio": atai / widgets,
+        "widgets_by_load": any(widgets_by_load),
         "ready_s": median(ready),
         "jupysql": version("jupysql"),
+        "ipywidgets": version("ipywidgets"),
         "ipython": version("ipython"),
         "all": samples,
     }
@@ -412,72 +440,80 @@ def profile_cell(
 # --- the report -------------------------------------------------------------------------------
 
 
-def table(load: dict[str, Any], cell: dict[str, Any]) -> str:
+def rows(load: dict[str, Any], cell: dict[str, Any]) -> list[tuple[str, ...]]:
     ms = {name: value * 1000 for name, value in cell["p50"].items()}
     n = cell["calls"]
-    return markdown_table(
-        [
-            ("Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Result"),
-            (
-                f"4. `%load_ext atai_magics` in a started IPython (median of {load['repeats']} "
-                "fresh processes)",
-                f"{load['atai_s'] * 1000:.0f} ms",
-                f"`%load_ext sql` (jupysql {load['jupysql']}): {load['sql_s'] * 1000:.0f} ms",
-                f"{load['ratio']:.2f}x",
-                f"<= {LOAD_TARGET}x",
-                verdict(load["ratio"] <= LOAD_TARGET),
-            ),
-            (
-                "4b. the local backend's start, in the background after the load returned",
-                f"{load['ready_s'] * 1000:.0f} ms",
-                "(not waited for)",
-                "-",
-                "(context)",
-                "-",
-            ),
-            (
-                f"5. `%%atai_job {CELL_OPTIONS}` cell, `shell.run_cell`, a new job each run, "
-                f"schema cached (median of {n})",
-                f"{ms['cell']:.2f} ms",
-                f"bare httpx POST of the same body, keep-alive: {ms['post']:.2f} ms",
-                f"{cell['ratio']:.2f}x",
-                f"<= {CELL_TARGET}x",
-                verdict(cell["ratio"] <= CELL_TARGET),
-            ),
-            (
-                f"5b. the magic alone (`run_cell_magic`, no IPython cell machinery; {n})",
-                f"{ms['magic']:.2f} ms",
-                f"bare httpx POST: {ms['post']:.2f} ms",
-                f"{cell['ratio_magic']:.2f}x",
-                "(context)",
-                "-",
-            ),
-            (
-                f"5c. an empty cell (`shell.run_cell('pass')`; {n})",
-                f"{ms['empty']:.2f} ms",
-                "-",
-                "-",
-                "(context)",
-                "-",
-            ),
-            (
-                f"5d. IPython's share: the same cell text to a no-op cell magic (`run_cell`; {n})",
-                f"{ms['noop']:.2f} ms",
-                "-",
-                "-",
-                "(context)",
-                "-",
-            ),
-        ]
-    )
+    widgets = "imported" if load["widgets_by_load"] else "not imported"
+    return [
+        (
+            f"4. `%load_ext atai_magics` in a started IPython (median of {load['repeats']} "
+            "fresh processes)",
+            f"{load['atai_s'] * 1000:.0f} ms",
+            f"`%load_ext sql` (jupysql {load['jupysql']}): {load['sql_s'] * 1000:.0f} ms",
+            f"{load['ratio']:.2f}x",
+            f"<= {LOAD_TARGET}x",
+            verdict(load["ratio"] <= LOAD_TARGET),
+        ),
+        (
+            "4b. the local backend's start, in the background after the load returned",
+            f"{load['ready_s'] * 1000:.0f} ms",
+            "(not waited for)",
+            "-",
+            "(context)",
+            "-",
+        ),
+        (
+            f"4c. `%load_ext atai_magics` against `import ipywidgets` in a started IPython "
+            f"(median of {load['repeats']} fresh processes each, same rotation as 4)",
+            f"{load['atai_s'] * 1000:.0f} ms (ipywidgets {widgets} by the load)",
+            f"`import ipywidgets` ({load['ipywidgets']}): {load['widgets_s'] * 1000:.0f} ms",
+            f"{load['widgets_ratio']:.2f}x",
+            "(context)",
+            "-",
+        ),
+        (
+            f"5. `%%atai_job {CELL_OPTIONS}` cell, `shell.run_cell`, a new job each run, "
+            f"schema cached (median of {n})",
+            f"{ms['cell']:.2f} ms",
+            f"bare httpx POST of the same body, keep-alive: {ms['post']:.2f} ms",
+            f"{cell['ratio']:.2f}x",
+            f"<= {CELL_TARGET}x",
+            verdict(cell["ratio"] <= CELL_TARGET),
+        ),
+        (
+            f"5b. the magic alone (`run_cell_magic`, no IPython cell machinery; {n})",
+            f"{ms['magic']:.2f} ms",
+            f"bare httpx POST: {ms['post']:.2f} ms",
+            f"{cell['ratio_magic']:.2f}x",
+            "(context)",
+            "-",
+        ),
+        (
+            f"5c. an empty cell (`shell.run_cell('pass')`; {n})",
+            f"{ms['empty']:.2f} ms",
+            "-",
+            "-",
+            "(context)",
+            "-",
+        ),
+        (
+            f"5d. IPython's share: the same cell text to a no-op cell magic (`run_cell`; {n})",
+            f"{ms['noop']:.2f} ms",
+            "-",
+            "-",
+            "(context)",
+            "-",
+        ),
+    ]
 
 
 def imports_report(load: dict[str, Any]) -> str:
     lines = ["What the loads import (`python -X importtime`, one more load of each, ms):"]
     for ext, info in load["imports"].items():
+        what = f"import {ext}" if ext == WIDGETS else f"%load_ext {ext}"
         lines += [
             "",
-            f"  %load_ext {ext}: {info['modules']} modules imported, {info['self_ms']:.0f} ms "
+            f"  {what}: {info['modules']} modules imported, {info['self_ms']:.0f} ms "
             "summed over them (self times)",
             "    packages first imported by the load (cumulative):",
         ]
@@ -513,7 +549,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--magic-blocks", type=int, default=10, help="interleaved blocks (5)")
     parser.add_argument("--magic-profile", action="store_true", help="profile the cell always")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
-    parser.add_argument("--load-child", choices=list(EXTENSIONS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rows-json", type=Path, help="append the rows to this file (benchmarks/run)"
+    )
+    parser.add_argument("--load-child", choices=LOADS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.magic_loads, args.magic_calls, args.magic_blocks = 3, 40, 4
@@ -551,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Extension benchmarks, {info['date']}: {info['nproc']} cores ({info['cpu']}), "
         f"Python {info['python']}, IPython {load['ipython']}, jupysql {load['jupysql']}"
     )
+    table = rows(load, cell)
     print()
-    print(table(load, cell))
+    print(markdown_table([HEADER, *table]))
     print()
     print(
         "Ratios are taken against baselines measured in this run, interleaved with the figure "
@@ -564,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in cell:
         print()
         print(profile_report(cell["profile"]))
+    versions = {k: load[k] for k in ("ipython", "jupysql", "ipywidgets")}
+    write_rows(args.rows_json, "magic", table, versions)
     return 0
 
 

@@ -54,7 +54,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local import log, machine, markdown_table, median, verdict
+from bench_local import HEADER, log, machine, markdown_table, median, verdict, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "tests" / "local"  # slow_pipeline.py, the `slow-test` plug-in
@@ -669,10 +669,9 @@ def pct(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
-def table(poll: dict[str, Any], kernel: dict[str, Any]) -> str:
+def rows(poll: dict[str, Any], kernel: dict[str, Any]) -> list[tuple[str, ...]]:
     n = poll["jobs"]
-    rows = [
-        ("Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Result"),
+    return [
         (
             f"6. Status requests per tick, {n} queued jobs watched, 1 s tick "
             f"({poll['ticks']} ticks)",
@@ -747,7 +746,6 @@ def table(poll: dict[str, Any], kernel: dict[str, Any]) -> str:
             "-",
         ),
     ]
-    return markdown_table(rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -789,6 +787,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--watch-block", dest="block", metavar="N", type=int, default=25, help="cells per block (8)"
     )
     add("--quick", action="store_true", help="small sizes, a smoke test")
+    add("--rows-json", type=Path, help="append the rows to this file (benchmarks/run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.window, args.rounds, args.pings, args.block = 50, 4.0, 1, 40, 10
@@ -850,13 +849,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}, {info['platform']}, ipykernel {kernel['ipykernel']}, "
         f"jupyter_client {kernel['jupyter_client']}"
     )
+    table = rows(poll, kernel)
     print()
-    print(table(poll, kernel))
+    print(markdown_table([HEADER, *table]))
     print()
     print(
         f"Ratios are taken against baselines measured in this run, alternating with the figure "
         f"they divide (medians). Total time {time.perf_counter() - started:.0f}s."
     )
+    versions = {k: kernel[k] for k in ("ipykernel", "jupyter_client")}
+    write_rows(args.rows_json, "watch", table, versions)
     return 0
 
 

@@ -33,7 +33,9 @@ from .errors import (
 
 T = TypeVar("T")
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024
+"""Bytes read from disk at a time: an upload holds a few of these per part in flight (4 parts
+by default), so its memory stays near 3 MB whatever the file's size (docs/performance.md, 9)."""
 SIMPLE_UPLOAD_LIMIT = 32 * 1024 * 1024
 """Files up to this size go through ``POST /files`` (the server allows 512 MB)."""
 
