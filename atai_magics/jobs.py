@@ -197,10 +197,25 @@ class Job:
         return list(self.client.iter_outputs(self.id, **filters))
 
     def download(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Save every output into ``directory``; returns the paths in merge order."""
-        target = Path(directory)
+        """Save every output into ``directory``; returns the paths in merge order.
+
+        These are the files ``results()`` merges: a part written again by a later attempt
+        replaces the earlier copy, and a file name that a second input also produced goes to
+        a folder of its own (named after the output's id).
+        """
+        return [path for _, path in self._save_parts(Path(directory))]
+
+    def _save_parts(self, target: Path) -> list[tuple[m.Output, Path]]:
         target.mkdir(parents=True, exist_ok=True)
-        return [self.client.download_output(o, target) for o in ordered_outputs(self.outputs())]
+        taken: set[str] = set()
+        parts: list[tuple[m.Output, Path]] = []
+        for output in _latest_parts(ordered_outputs(self.outputs())):
+            name = output.data.filename.replace("\\", "/").rsplit("/", 1)[-1]
+            folder = re.sub(r"[^A-Za-z0-9_-]", "_", output.id) or "output"
+            dest = target if name not in taken else f"{target / folder}{os.sep}"
+            taken.add(name)
+            parts.append((output, self.client.download_output(output, dest)))
+        return parts
 
     def results(self, directory: str | os.PathLike[str] | None = None) -> Any:
         """Every output part merged in order: a pandas DataFrame if pandas is installed, else
@@ -222,17 +237,7 @@ class Job:
           ``file_id`` column when more than one input produced them.
         """
         target = Path(directory) if directory is not None else _cache_dir(self.id)
-        target.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = set()
-        parts: list[tuple[m.Output, Path]] = []
-        for output in _latest_parts(ordered_outputs(self.outputs())):
-            name = output.data.filename.replace("\\", "/").rsplit("/", 1)[-1]
-            # two inputs may produce the same file name: the second goes to a folder of its own
-            folder = re.sub(r"[^A-Za-z0-9_-]", "_", output.id) or "output"
-            dest = target if name not in taken else f"{target / folder}{os.sep}"
-            taken.add(name)
-            parts.append((output, self.client.download_output(output, dest)))
-        records, timestamp_column = _merged_records(parts)
+        records, timestamp_column = _merged_records(self._save_parts(target))
         try:
             import pandas as pd
         except ImportError:

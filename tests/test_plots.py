@@ -262,6 +262,20 @@ def test_results_take_a_retried_attempts_parts_once(tmp_path: Path) -> None:
     ]
 
 
+def test_download_saves_the_files_results_merge(tmp_path: Path) -> None:
+    parts = [
+        (_out("o1", "pred_a_part_0.csv", minute=0), "ts,Prediction\n1,old\n"),  # attempt 1
+        (_out("o2", "pred_a_part_0.csv", minute=5), "ts,Prediction\n1,new\n"),  # attempt 2
+        (_out("o3", "pred_a_part_0.csv", input_id="inp_b", file_id="a.txt"), "ts,Prediction\n"),
+    ]
+    paths = _job(parts).download(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "pred_a_part_0.csv",
+        "o3/pred_a_part_0.csv",  # the second input's file of the same name, kept apart
+    ]
+    assert paths[0].read_text() == "ts,Prediction\n1,new\n"
+
+
 def test_results_of_several_inputs_say_which_file(tmp_path: Path) -> None:
     parts = [
         (
