@@ -53,6 +53,8 @@ class Settings:
     """Jobs the local backend runs at once (when it is started by the extension)."""
     poll: float = 1.0
     """Seconds between status checks while waiting."""
+    max_retries: int = 3
+    """Times a failed request is repeated, with backoff (never in a way that creates twice)."""
     timeout: float | None = None
     """Seconds --wait waits before giving up (the job keeps running); unset waits forever."""
     wait: str = "auto"
@@ -104,6 +106,11 @@ def _convert(name: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
+    if name in ("local_concurrency", "max_retries"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name} takes a whole number, not {value!r}") from None
     if text.lower() in ("none", "null", ""):
         return None
     if name in ("poll", "timeout"):
@@ -111,11 +118,6 @@ def _convert(name: str, value: Any, default: Any) -> Any:
             return float(text)
         except ValueError:
             raise ConfigError(f"{name} takes a number of seconds, not {value!r}") from None
-    if name == "local_concurrency":
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{name} takes a whole number, not {value!r}") from None
     if name == "wait" and text not in ("auto", "always", "never"):
         raise ConfigError(f"wait takes auto, always or never, not {value!r}")
     return text

@@ -101,6 +101,7 @@ class AtaiMagics(Magics):
     local_home = Unicode(None, allow_none=True, help="Local backend state dir").tag(config=True)
     local_concurrency = Int(2, help="Jobs the local backend runs at once").tag(config=True)
     poll = Float(1.0, help="Seconds between status checks").tag(config=True)
+    max_retries = Int(3, help="Times a failed request is repeated").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds --wait waits").tag(config=True)
     wait = Unicode("auto", help="auto, always or never").tag(config=True)
     journal = Unicode(None, allow_none=True, help="Journal path").tag(config=True)

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 Print = Callable[[str], None]
-CONNECTION_SETTINGS = frozenset({"endpoint", "api_key_env", "local_home", "local_concurrency"})
+CONNECTION_SETTINGS = frozenset(
+    {"endpoint", "api_key_env", "local_home", "local_concurrency", "max_retries"}
+)
 
 
 class OptionsError(AtaiError):
@@ -177,7 +179,11 @@ class Session:
             import os
 
             key_env = backend.key_env or "ATAI_API_KEY"
-            return Client(backend.endpoint, api_key=os.environ.get(key_env) or None)
+            return Client(
+                backend.endpoint,
+                api_key=os.environ.get(key_env) or None,
+                max_retries=self.settings.max_retries,
+            )
         self.start_local_in_background()
         assert self._local is not None
         try:
@@ -185,7 +191,7 @@ class Session:
         except Exception as exc:
             self._local = None
             raise ConfigError(f"The local backend could not start: {exc}") from None
-        return Client(info.url, api_key=info.token())
+        return Client(info.url, api_key=info.token(), max_retries=self.settings.max_retries)
 
     @property
     def endpoint(self) -> str:
@@ -222,7 +228,7 @@ class Session:
         return self._journal
 
     def change(self, name: str, value: Any) -> None:
-        """Change a setting; the next use reconnects if it changes where jobs go.
+        """Change a setting; the next use reconnects if it changes the connection.
 
         The old client is not closed: Job handles made with it keep working.
         """

@@ -22,6 +22,18 @@ def test_set_converts_text_and_suggests_names() -> None:
         settings.set("poll", "soon")
     with pytest.raises(ConfigError, match="auto, always or never"):
         settings.set("wait", "sometimes")
+    with pytest.raises(ConfigError, match="whole number"):
+        settings.set("max_retries", "none")
+
+
+def test_max_retries_reaches_the_client_and_a_change_reconnects() -> None:
+    from atai_magics.session import Session
+
+    settings = Settings(endpoint="http://127.0.0.1:9/v0.5")  # never contacted
+    session = Session(settings)
+    assert session.client.retry.max_retries == 3
+    session.change("max_retries", "8")
+    assert session.client.retry.max_retries == 8
 
 
 def test_pyproject_table_is_found_upwards(tmp_path: Path) -> None:

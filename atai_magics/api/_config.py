@@ -7,6 +7,7 @@ built), kept in a closure rather than an attribute, and only ever leaves the pro
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Callable, Generator
@@ -40,6 +41,7 @@ def resolve_base_url(base_url: str | None) -> str:
     return raw
 
 
+@functools.lru_cache(maxsize=64)  # asked on every request; a pure function of the name
 def is_loopback(host: str) -> bool:
     """Whether a host name or address is this machine (the only place plain HTTP may go)."""
     if host.lower() in ("localhost", "localhost."):

@@ -11,7 +11,8 @@ Choices (the platform documents none of them; see reference §3.2):
   a worker starts in milliseconds instead of re-importing numpy for a second. `start` brings
   the fork server up at once (it runs a no-op process), so workers run the code the server
   loaded, not whatever is on disk at the first job (after a ``git pull`` or ``pip install
-  -U`` under a running backend, that would mismatch the server's calls).
+  -U`` under a running backend, that would mismatch the server's calls). Workers lower their
+  CPU priority (``WORKER_NICENESS``), so a running pipeline does not slow the notebook.
 - **Admission.** While fewer than ``concurrency`` jobs are ADMITTED/RUNNING, the oldest PENDING
   job is admitted (`Store.admit_next`), gets an INFO ``Starting N worker(s)`` event, its worker
   processes are started and it moves to RUNNING. Workers = min(requested ``parallelism`` or the
@@ -87,6 +88,9 @@ POLL_SECONDS = 0.2
 KILL_AFTER_SECONDS = 1.0
 CANCEL_CACHE_SECONDS = 0.1
 CRASH_EXIT_CODE = 137  # what an OOM-killed pod reports
+WORKER_NICENESS = 10
+"""Workers run this much below the server's CPU priority: on the platform pipelines run on
+other machines, so here they must not slow the notebook's kernel or the server answering it."""
 WATCHDOG_INTERVAL = 0.25
 BACKOFF_MESSAGE = "BackoffLimitExceeded: Job has reached the specified backoff limit"
 WARM_UP_SECONDS = 120.0
@@ -326,6 +330,9 @@ def _worker_main(
     """
     if crash_now:
         os._exit(CRASH_EXIT_CODE)
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICENESS)
     threading.Thread(target=_exit_with_server, args=(server_pid,), daemon=True).start()
     store = Store(home)
     try:

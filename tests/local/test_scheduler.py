@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import slow_pipeline
 import stubborn_pipeline
 
 from atai_magics.local.pipelines import LocalPipeline, builtin_pipelines
-from atai_magics.local.scheduler import BACKOFF_MESSAGE, Scheduler
+from atai_magics.local.scheduler import BACKOFF_MESSAGE, WORKER_NICENESS, Scheduler
 from atai_magics.local.store import Store
 
 MSC = "machine-state-classification"
@@ -287,6 +288,20 @@ def test_injected_crash_fails_with_backoff_limit(make_scheduler: Make) -> None:
     assert "Container worker terminated: exit=137" in messages(store, job_id, "ERROR")
     assert messages(store, job_id, "FAILED") == [f"Job failed: {BACKOFF_MESSAGE}"]
     assert job["error"]["type"] == "BackoffLimitExceeded"
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX priorities")
+def test_workers_run_below_the_servers_cpu_priority(make_scheduler: Make, tmp_path: Path) -> None:
+    store, scheduler = make_scheduler()
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    job_id = slow_job(store, scheduler, seconds=120, pid_dir=str(pid_dir))
+    pid_file = wait_for(lambda: next(pid_dir.glob("*.pid"), None), what="a worker")
+    pid = int(wait_for(pid_file.read_text, what="its pid"))
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + WORKER_NICENESS)
+    store.cancel(job_id)
+    scheduler.cancel(job_id)
 
 
 def test_cancel_kills_workers_within_two_seconds(make_scheduler: Make) -> None:

@@ -51,7 +51,7 @@ FAULTS = FaultSpec(
     crash_rate=0.04,
     seed=20261129,
 )
-RETRIES = 8  # these fault rates are far above a real platform's; the default 3 is for those
+RETRIES = 8  # for the client and the magic: these fault rates are far above a real platform's
 DEADLINE = 900.0  # seconds for every job to end; the soak takes a few minutes on 2 cores
 TERMINAL = {m.JobStatus.COMPLETED, m.JobStatus.FAILED, m.JobStatus.CANCELLED}
 
@@ -282,6 +282,7 @@ def _soak(
     magics.session.settings.local_home = str(info.home)
     magics.session.settings.journal = str(tmp_path / "journal.jsonl")
     magics.session.settings.wait = "never"
+    magics.session.settings.max_retries = RETRIES
     shell.register_magics(magics)
 
     watcher = Watcher(interval=0.5, fast=0.25, slow=1.0, max_backoff=2.0)
