@@ -354,8 +354,8 @@ def _kill_and_restart(
     the create requests it handled before dying."""
     info = backend.info
     client = Client(info.url, api_key=info.token(), max_retries=RETRIES)
-    _wait_for(lambda: any(j.status == m.JobStatus.RUNNING for j in client.iter_jobs()), "a run")
     with gate.closed():  # no create in flight while the count is read and the server dies
+        _wait_for(lambda: list(client.iter_jobs(status="RUNNING")), "a running job")
         created = backend.handled("create_job")
         os.kill(info.pid, signal.SIGKILL)
         _wait_for(lambda: not _pid_alive(info.pid), "the backend to die")
