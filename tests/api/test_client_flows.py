@@ -792,14 +792,17 @@ def test_simple_upload_after_an_ambiguous_failure_that_stored_it_returns_the_fil
 
 def test_simple_upload_after_a_5xx_that_stored_nothing_posts_again(tmp_path: Path) -> None:
     source = tmp_path / "t.csv"
-    source.write_bytes(b"a,b\n1,2\n")
+    source.write_bytes(b"a,b\n" + b"1,2\n" * 200_000)  # several reads per attempt
     server = FlakyFiles(503, stores=False)
     clock = FakeClock()
+    progress: list[int] = []
     with flow_client(server.handler, clock) as client:
-        result = client.upload_file(source)
+        result = client.upload_file(source, on_progress=lambda done, _: progress.append(done))
     assert result.file_uid == "fil_2"
     assert server.log == ["POST /files", "POST /files"]
     assert clock.delays == [0.5]
+    restarts = [i for i in range(1, len(progress)) if progress[i] < progress[i - 1]]
+    assert len(restarts) == 1 and progress[-1] == source.stat().st_size  # counted afresh
 
 
 def test_simple_upload_conflict_is_raised_when_the_stored_file_is_not_ours() -> None:
