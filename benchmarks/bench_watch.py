@@ -48,16 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    import atai_magics  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+# the checkout: atai_magics (also without `pip install -e .`) and the tests' plug-in helper
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_local import HEADER, log, machine, markdown_table, median, verdict, write_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = ROOT / "tests" / "local"  # slow_pipeline.py, the `slow-test` plug-in
+from tests.conftest import start_with_plugin  # the `slow-test` plug-in, as the tests install it
+
 SLOW_KEY = "slow-test"
 INTERVAL = 1.0
 REQUEST_TARGET = 3.0
@@ -67,19 +64,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # --- the backend and its jobs -----------------------------------------------------------------
-
-
-def plugin_pythonpath(site: Path) -> str:
-    """A PYTHONPATH under which the backend finds ``slow-test`` as an entry-point plug-in
-    (as ``tests/conftest.py`` does)."""
-    dist = site / "slowplug-0.0.0.dist-info"
-    dist.mkdir(parents=True, exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: slowplug\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[atai_magics.local_pipelines]\nslow = slow_pipeline:PIPELINE\n"
-    )
-    paths = [str(site), str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")]
-    return os.pathsep.join(p for p in paths if p)
 
 
 @dataclass
@@ -109,15 +93,7 @@ def slow_backend(root: Path) -> Iterator[Backend]:
     from atai_magics.local import server
 
     home = root / "backend"
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = plugin_pythonpath(root / "site")
-    try:
-        info = server.start(home, concurrency=1)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    info = start_with_plugin(home, root / "site", concurrency=1)
     try:
         yield Backend(info)
     finally:

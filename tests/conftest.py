@@ -46,21 +46,27 @@ def plugin_pythonpath(site: Path) -> str:
     return os.pathsep.join(p for p in paths if p)
 
 
+def start_with_plugin(home: Path, site: Path, **options: Any) -> server.ServerInfo:
+    """Start the backend of ``home`` with the ``slow-test`` plug-in (its dist-info in ``site``);
+    this process's PYTHONPATH is as it was afterwards. ``benchmarks/bench_watch.py`` uses it too."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = plugin_pythonpath(site)
+    try:
+        return server.start(home, **options)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 @contextlib.contextmanager
 def plugin_backend(
     tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any
 ) -> Iterator[LocalBackend]:
     """A backend of its own, with the ``slow-test`` plug-in, stopped on exit."""
     home: Path = tmp_path_factory.mktemp(f"{name}-home")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = plugin_pythonpath(tmp_path_factory.mktemp(f"{name}-site"))
-    try:
-        info = server.start(home, **options)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    info = start_with_plugin(home, tmp_path_factory.mktemp(f"{name}-site"), **options)
     try:
         yield LocalBackend(info)
     finally:
