@@ -203,8 +203,6 @@ def _simple_upload(
         return result
 
     result = yield from _store(send, file_id, size, retry)
-    if isinstance(result, m.FileMeta):
-        return m.FileUploadResult(is_valid=True, file_id=result.file_id, file_uid=result.file_uid)
     if not result.is_valid:
         raise ConfigError(f"The server did not accept {file_id!r} (is_valid is false)")
     return result
@@ -226,12 +224,12 @@ def _repeat(send: Callable[[], Flow[T]], retry: RetryPolicy) -> Flow[T]:
 
 def _store(
     send: Callable[[], Flow[T]], file_id: str, size: int, retry: RetryPolicy
-) -> Flow[T | m.FileMeta]:
+) -> Flow[T | m.FileUploadResult]:
     """``_repeat`` for a request that stores file ``file_id``: a 409 on a repeat means an
-    earlier attempt stored it, and the file's metadata is returned if its size is ``size``."""
+    earlier attempt stored it, and that file is the result if its size is ``size``."""
     attempts = 0
 
-    def once() -> Flow[T | m.FileMeta]:
+    def once() -> Flow[T | m.FileUploadResult]:
         nonlocal attempts
         attempts += 1
         try:
@@ -247,12 +245,14 @@ def _store(
     return (yield from _repeat(once, retry))
 
 
-def _stored(file_id: str, size: int) -> Flow[m.FileMeta | None]:
+def _stored(file_id: str, size: int) -> Flow[m.FileUploadResult | None]:
     try:
         meta = yield from ops.get_file_metadata(file_id)
     except NotFound:
         return None
-    return meta if meta.num_bytes == size else None
+    if meta.num_bytes != size:
+        return None
+    return m.FileUploadResult(is_valid=True, file_id=meta.file_id, file_uid=meta.file_uid)
 
 
 def _direct_upload(
@@ -295,8 +295,8 @@ def _direct_upload(
             with contextlib.suppress(AtaiError):  # the original error is the one worth showing
                 yield from ops.abort_upload(upload.upload_id)
         raise
-    if isinstance(done, m.FileMeta):
-        return m.FileUploadResult(is_valid=True, file_id=done.file_id, file_uid=done.file_uid)
+    if isinstance(done, m.FileUploadResult):  # an earlier attempt completed it
+        return done
     return m.FileUploadResult(is_valid=True, file_id=done.file_name, file_uid=done.file_uid)
 
 

@@ -170,21 +170,6 @@ def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) ->
     return value
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return "zombie"
-
-
 def _outputs(job: Job, directory: Path) -> dict[str, bytes]:
     """Every output file of ``job`` as the user downloads it (a later attempt's part replaces
     an earlier attempt's part of the same name)."""
@@ -358,7 +343,7 @@ def _kill_and_restart(
         _wait_for(lambda: list(client.iter_jobs(status="RUNNING")), "a running job")
         created = backend.handled("create_job")
         os.kill(info.pid, signal.SIGKILL)
-        _wait_for(lambda: not _pid_alive(info.pid), "the backend to die")
+        _wait_for(lambda: not server._pid_alive(info.pid), "the backend to die")  # and reaped
     # the client threads go on submitting (connection refused, retried) while it restarts
     restarted = server.start(info.home, port=info.port, concurrency=2, faults=FAULTS)
     assert restarted.pid != info.pid and restarted.port == info.port
