@@ -234,8 +234,10 @@ def test_cancel_of_a_running_job_stops_its_workers(backend: Backend, tmp_path: P
     job = _slow_job(client, tmp_path, "to-cancel", seconds=120, pid_dir=str(pid_dir))
     wait_for(lambda: client.get_job(job.id).status == JobStatus.RUNNING, "RUNNING")
     pid_file = wait_for(lambda: next(pid_dir.glob("*.pid"), None), "a worker pid")
-    pid = int(pid_file.read_text())
+    pid = int(wait_for(pid_file.read_text, "its pid"))
     assert _process_alive(pid)
+    # the pid file comes before the marker output: cancel only once the marker is recorded
+    wait_for(lambda: list(client.iter_outputs(job.id)), "the marker output")
 
     assert client.cancel_job(job.id).status == JobStatus.CANCELLED
     gone_by = time.monotonic() + 2.0
@@ -259,7 +261,8 @@ def test_kill_9_during_a_running_job_then_restart(backend: Backend, tmp_path: Pa
         client, tmp_path, "survivor", seconds=0, pid_dir=str(pid_dir), release_file=str(release)
     )
     wait_for(lambda: client.get_job(job.id).status == JobStatus.RUNNING, "RUNNING")
-    worker = int(wait_for(lambda: next(pid_dir.glob("*.pid"), None), "a worker").read_text())
+    pid_file = wait_for(lambda: next(pid_dir.glob("*.pid"), None), "a worker")
+    worker = int(wait_for(pid_file.read_text, "its pid"))
     store_outputs = tmp_path / "home" / "outputs"
     wait_for(lambda: any(p.is_file() for p in store_outputs.rglob("*")), "the first marker")
 
