@@ -159,16 +159,28 @@ def test_rerun_of_an_unchanged_live_cell_attaches(shell: Any, capsys: Any) -> No
         job.cancel()
 
 
-def test_ctrl_c_while_waiting_cancels_the_remote_job(shell: Any) -> None:
+def test_ctrl_c_while_waiting_cancels_the_remote_job(
+    shell: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]
     client.upload_bytes(b"x", f"slow-{tag}.txt")
+    # The job can run before the cell is done submitting (journal, output): Ctrl-C counts
+    # as "while waiting" only once the cell is in Job.wait.
+    waiting = threading.Event()
+    wait = Job.wait
+
+    def observed_wait(self: Job, *args: Any, **kwargs: Any) -> Job:
+        waiting.set()
+        return wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(Job, "wait", observed_wait)
 
     def interrupt_when_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             jobs = _jobs_named(client, f"slow-{tag}")
-            if jobs and jobs[0].status == m.JobStatus.RUNNING:
+            if waiting.is_set() and jobs and jobs[0].status == m.JobStatus.RUNNING:
                 _thread.interrupt_main()
                 return
             time.sleep(0.05)

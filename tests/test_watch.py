@@ -180,7 +180,8 @@ def test_running_jobs_get_detail_calls_and_ended_jobs_stop_being_watched(fake: A
     api.jobs["job_0002"].update(status="COMPLETED", updated_at="2026-11-29T10:01:00Z")
     assert seen.done.wait(10)
     assert seen.snaps[-1].record.status == m.JobStatus.COMPLETED
-    assert jobs[2].status == m.JobStatus.COMPLETED  # the user's handle moved too
+    # the user's handle moves too, right after the cards (so whoever sees it move sees them)
+    _wait_until(lambda: jobs[2].status == m.JobStatus.COMPLETED, timeout=10)
     assert "job_0002" not in watcher.watching()
     before = api.count("/batch/jobs/job_0002/events")
     _wait_until(lambda: watcher.stats.ticks >= 6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, expect
@@ -21,10 +22,11 @@ def card_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBack
         yield backend
 
 
-def _slow_cell(var: str, name: str, file_id: str, seconds: int) -> str:
+def _slow_cell(var: str, name: str, file_id: str, seconds: int, release: Path | None = None) -> str:
+    config = f"  seconds: {seconds}\n" + (f"  release_file: {release}\n" if release else "")
     return (
         f"%%atai_job {var}\nname: {name}\npipeline: slow-test\n"
-        f"inputs:\n  worker.data: [{file_id}]\nconfig:\n  seconds: {seconds}\n"
+        f"inputs:\n  worker.data: [{file_id}]\nconfig:\n{config}"
     )
 
 
@@ -33,8 +35,11 @@ def _badge(lab: object, index: int) -> Locator:
     return lab.output(index).locator(".atai-job-card .atai-badge")  # type: ignore[attr-defined]
 
 
-def test_the_card_moves_on_its_own_and_cancel_cancels(lab, card_backend: LocalBackend) -> None:  # type: ignore[no-untyped-def]
+def test_the_card_moves_on_its_own_and_cancel_cancels(  # type: ignore[no-untyped-def]
+    lab, card_backend: LocalBackend, tmp_path: Path
+) -> None:
     tag = uuid.uuid4().hex[:8]
+    release = tmp_path / "release"  # the queued job ends only once its card showed "running"
     client = card_backend.client()
     file_id = f"browser-{tag}.txt"
     client.upload_bytes(b"x", file_id, "text/plain")
@@ -47,7 +52,7 @@ def test_the_card_moves_on_its_own_and_cancel_cancels(lab, card_backend: LocalBa
         setup,
         _slow_cell("long", f"long-{tag}", file_id, 600),  # takes one slot ...
         _slow_cell("other", f"other-{tag}", file_id, 600),  # ... and the other
-        _slow_cell("job", f"short-{tag}", file_id, 2),  # so this one queues
+        _slow_cell("job", f"short-{tag}", file_id, 0, release),  # so this one queues
     ]
     lab.write_notebook("card", cells)
     lab.open("card")
@@ -68,6 +73,7 @@ def test_the_card_moves_on_its_own_and_cancel_cancels(lab, card_backend: LocalBa
     expect(lab.output(2)).to_contain_text("Cancel: cancelled")
     expect(_badge(lab, 3)).to_have_text("running")
     lab.screenshot("2-running")
+    release.touch()
     expect(_badge(lab, 3)).to_have_text("completed")
     # The final state is also in a plain output (what a saved notebook keeps).
     expect(lab.output(3).locator(".atai-card .atai-badge")).to_have_text("completed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from atai_magics.local.pipelines.base import LocalPipeline, RunContext, port
 
@@ -21,7 +22,8 @@ RESULT_PORT = "worker.result"
 
 
 def run(ctx: RunContext) -> None:
-    """Config: ``seconds`` of ticking (every ``tick`` seconds) before the inputs are copied."""
+    """Config: ``seconds`` of ticking (every ``tick`` seconds) before the inputs are copied;
+    with ``release_file``, it ticks on after ``seconds`` until that file exists."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pid = os.getpid()
     files = ctx.inputs.get(DATA_PORT, [])
@@ -29,8 +31,10 @@ def run(ctx: RunContext) -> None:
         ctx.input_status(f.input_id, "processing")
     deadline = time.monotonic() + float(ctx.config.get("seconds", 1.0))
     tick = float(ctx.config.get("tick", 0.01))
+    release = ctx.config.get("release_file")
     n = 0
-    while time.monotonic() < deadline:  # never looks at ctx.cancelled(), on purpose
+    # never looks at ctx.cancelled(), on purpose
+    while time.monotonic() < deadline or (release and not Path(str(release)).exists()):
         n += 1
         ctx.event("INFO", "tick", f"tick {pid} {n}")
         ctx.write_output(RESULT_PORT, f"tick_{pid}_{n}.txt", b"tick")

@@ -264,7 +264,8 @@ def test_kill_9_during_a_running_job_then_restart(backend: Backend, tmp_path: Pa
     pid_file = wait_for(lambda: next(pid_dir.glob("*.pid"), None), "a worker")
     worker = int(wait_for(pid_file.read_text, "its pid"))
     store_outputs = tmp_path / "home" / "outputs"
-    wait_for(lambda: any(p.is_file() for p in store_outputs.rglob("*")), "the first marker")
+    # recorded, not merely on disk: the bytes are spooled under outputs/ before the commit
+    wait_for(lambda: list(client.iter_outputs(job.id)), "the first marker")
 
     os.kill(info.pid, signal.SIGKILL)
     wait_for(lambda: not _process_alive(info.pid), "the backend to die")

@@ -92,6 +92,13 @@ def wait_status(store: Store, job_id: str, *statuses: str) -> JSON:
     return job
 
 
+def history(store: RecordingStore, job_id: str, length: int) -> list[str]:
+    """The statuses the scheduler set, once ``length`` are recorded: its thread records a
+    change only after the store has it, so a test can see the status before the history."""
+    wait_for(lambda: len(store.history.get(job_id, [])) >= length, what=f"{job_id}'s history")
+    return store.history[job_id]
+
+
 def events(store: Store, job_id: str, level: str | None = None) -> list[JSON]:
     return list(store.list_events(job_id, level=level, limit=None)["events"])
 
@@ -173,7 +180,7 @@ def test_machine_state_job_runs_to_completion(make_scheduler: Make) -> None:
     job_id = msc_job(store, scheduler, ["run1.csv"])
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
     assert job["status"] == "COMPLETED", messages(store, job_id)
-    assert store.history[job_id] == ["ADMITTED", "RUNNING", "COMPLETED"]
+    assert history(store, job_id, 3) == ["ADMITTED", "RUNNING", "COMPLETED"]
     assert job["started_at"] and job["completed_at"] and job["error"] is None
     assert job["input_progress"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0}
 
@@ -215,7 +222,7 @@ def test_activity_detection_job_runs_to_completion(make_scheduler: Make) -> None
     scheduler.wake()
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
     assert job["status"] == "COMPLETED", messages(store, job_id)
-    assert store.history[job_id] == ["ADMITTED", "RUNNING", "COMPLETED"]
+    assert history(store, job_id, 3) == ["ADMITTED", "RUNNING", "COMPLETED"]
     outputs = store.list_outputs(job_id, limit=None)["outputs"]
     assert [o["data"]["filename"] for o in outputs] == ["pred_home_part_0.jsonl"]
     out = store.output_path(outputs[0]["id"]).read_text().splitlines()
@@ -284,7 +291,7 @@ def test_injected_crash_fails_with_backoff_limit(make_scheduler: Make) -> None:
     job_id = msc_job(store, scheduler, ["run1.csv"])
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
     assert job["status"] == "FAILED"
-    assert store.history[job_id] == ["ADMITTED", "RUNNING", "FAILED"]
+    assert history(store, job_id, 3) == ["ADMITTED", "RUNNING", "FAILED"]
     assert "Container worker terminated: exit=137" in messages(store, job_id, "ERROR")
     assert messages(store, job_id, "FAILED") == [f"Job failed: {BACKOFF_MESSAGE}"]
     assert job["error"]["type"] == "BackoffLimitExceeded"
@@ -325,9 +332,10 @@ def test_cancel_kills_workers_within_two_seconds(make_scheduler: Make) -> None:
     assert [i["status"] for i in inputs(store, job_id)] == ["pending"]
 
 
-def test_stop_then_restart_preempts_and_requeues(make_scheduler: Make) -> None:
+def test_stop_then_restart_preempts_and_requeues(make_scheduler: Make, tmp_path: Path) -> None:
     store, scheduler = make_scheduler()
-    job_id = slow_job(store, scheduler, seconds=3)
+    release = tmp_path / "release"  # made only after the stop: the first run cannot finish
+    job_id = slow_job(store, scheduler, seconds=0, release_file=str(release))
     wait_status(store, job_id, "RUNNING")
     wait_for(lambda: processing(store, job_id), what="input processing")
     wait_for(lambda: store.list_outputs(job_id, limit=None)["outputs"], what="the marker")
@@ -336,12 +344,13 @@ def test_stop_then_restart_preempts_and_requeues(make_scheduler: Make) -> None:
     assert procs and not any(p.is_alive() for p in procs)
     assert store.get_job(job_id)["status"] == "RUNNING"  # as after a kill -9 of the backend
 
+    release.touch()
     store2, _ = make_scheduler()
     job = wait_status(store2, job_id, "COMPLETED", "FAILED")
     assert job["status"] == "COMPLETED", messages(store2, job_id)
     assert job["preemption_count"] == 1
     assert "Job preempted: local backend restarted" in messages(store2, job_id, "WARN")
-    assert store2.history[job_id] == ["ADMITTED", "RUNNING", "COMPLETED"]
+    assert history(store2, job_id, 3) == ["ADMITTED", "RUNNING", "COMPLETED"]
     assert [i["status"] for i in inputs(store2, job_id)] == ["completed"]
 
 
@@ -355,12 +364,14 @@ def test_pipeline_bug_is_a_worker_crash(make_scheduler: Make) -> None:
     assert messages(store, job_id, "FAILED") == [f"Job failed: {BACKOFF_MESSAGE}"]
 
 
-def test_retry_after_cancel_runs_again(make_scheduler: Make) -> None:
+def test_retry_after_cancel_runs_again(make_scheduler: Make, tmp_path: Path) -> None:
     store, scheduler = make_scheduler()
-    job_id = slow_job(store, scheduler, seconds=0.5)
+    release = tmp_path / "release"  # made only after the cancel: the first run cannot finish
+    job_id = slow_job(store, scheduler, seconds=0, release_file=str(release))
     wait_status(store, job_id, "RUNNING")
     store.cancel(job_id)
     scheduler.cancel(job_id)
+    release.touch()
     store.retry(job_id)
     scheduler.wake()
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
@@ -368,19 +379,24 @@ def test_retry_after_cancel_runs_again(make_scheduler: Make) -> None:
     assert [i["status"] for i in inputs(store, job_id)] == ["completed"]
 
 
-def test_workers_of_a_cancelled_attempt_cannot_write_into_the_retry(make_scheduler: Make) -> None:
+def test_workers_of_a_cancelled_attempt_cannot_write_into_the_retry(
+    make_scheduler: Make, tmp_path: Path
+) -> None:
     """Cancel, then retry while the old worker still runs: that worker ignores SIGTERM and
     cancellation and keeps writing until the retry's launch kills it, yet nothing it writes
     after the cancel lands; the new attempt's worker processes the input."""
     store, scheduler = make_scheduler()
     store.add_file("stubborn.txt", "text/plain", b"payload")
+    release = tmp_path / "release"  # made only after the cancel: the first run cannot finish
     pipeline = stubborn_pipeline.PIPELINE
     request = {
         "name": "stubborn",
         "pipeline_type": "batch",
         "pipeline_key": pipeline.key,
         "inputs": {stubborn_pipeline.DATA_PORT: [{"file_id": "stubborn.txt"}]},
-        "parameters": {"worker": {"config": {"seconds": 1.5, "tick": 0.01}}},
+        "parameters": {
+            "worker": {"config": {"seconds": 1.5, "tick": 0.01, "release_file": str(release)}}
+        },
     }
     job_id = str(store.create_job(request, pipeline.version, pipeline.inputs)["id"])
     scheduler.wake()
@@ -389,6 +405,7 @@ def test_workers_of_a_cancelled_attempt_cannot_write_into_the_retry(make_schedul
     assert old_pids
     store.cancel(job_id)
     time.sleep(0.1)  # the old worker keeps running: only the retry's launch kills it
+    release.touch()
     store.retry(job_id)
     job = wait_status(store, job_id, "COMPLETED", "FAILED")
     assert (job["status"], job["retry_count"]) == ("COMPLETED", 1), messages(store, job_id)

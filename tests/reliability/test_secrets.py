@@ -348,7 +348,10 @@ from atai_magics.ui import card_for
 
 record = JobRecord(id="job_01abcdefghjkmnpqrstvwxyz1", name="watched", status="RUNNING")
 card = card_for(Job(record, client))
-time.sleep(2.5)  # a few watcher ticks, each answered by an echoing 401
+deadline = time.monotonic() + 60
+while "attempt 2," not in card._alerts.value:  # two watcher ticks, each answered by a 401
+    assert time.monotonic() < deadline, card._alerts.value
+    time.sleep(0.05)
 """
 
 
