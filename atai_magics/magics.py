@@ -37,6 +37,8 @@ Options
 - ``--wait``: block until the job ends (Ctrl-C cancels it); a FAILED or CANCELLED job fails
   the cell. Without a live notebook front end (terminal, nbconvert, nbval, papermill) cells
   wait by default; ``ATAI_MAGICS_WAIT=0/1`` or ``%atai_config wait=never/always`` overrides.
+  Ctrl-C while any cell is still submitting cancels the job if the server made it (looked up
+  and journaled first): an interrupted cell leaves no job running.
 - ``--timeout S``: give up waiting after S seconds (the job keeps running).
 - ``--poll S``: seconds between status checks.
 - ``--force``: submit even if this unchanged cell's job is still running (by default the
@@ -145,7 +147,12 @@ class AtaiMagics(Magics):
         card = not options.no_card and _env.in_kernel(self.shell)
         card = card and (not wait or _env.has_live_frontend(self.shell))
         if card:
-            self.session.card(result).show()
+            try:
+                self.session.card(result).show()
+            except KeyboardInterrupt:
+                if wait:  # Ctrl-C in a cell that was to wait cancels, even before the wait
+                    self.session.interrupted(result)
+                raise
         if wait:
             self.session.wait(result, options)
         if not card and not options.quiet:

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .api.errors import AtaiError, ConfigError, NotFound
+from .api.errors import AtaiError, ConfigError, CreateInterrupted, NotFound
 from .config import Settings
 
 if TYPE_CHECKING:  # loaded on first use, so that %load_ext stays cheap
@@ -277,10 +277,24 @@ class Session:
             )
         else:
             client = self.client
-            record = client.create_job(request)
+            interrupted: CreateInterrupted | None = None
+            try:
+                record = client.create_job(request)
+            except CreateInterrupted as exc:  # Ctrl-C while the POST was out
+                if exc.job is None:
+                    self.say("\nInterrupted while submitting: no job was created.")
+                    raise
+                interrupted, record = exc, exc.job
             journal.record(
                 JournalEntry(record.id, record.name, client.base_url, spec_hash, notebook, cell_id)
             )
+            if interrupted is not None:  # journaled, then cancelled: never a stray live job
+                try:
+                    outcome = Job(record, client).cancel()
+                except AtaiError as exc:
+                    outcome = f"could not be cancelled ({exc})"
+                self.say(f"\nInterrupted while submitting: job {record.id} {outcome}.")
+                raise interrupted
             job = Job(record, client)
             if not options.quiet:
                 self.say(f"Submitted {record.name!r} to {self.backend_label}:")
@@ -323,8 +337,7 @@ class Session:
         try:
             job.wait(timeout=timeout, poll=options.poll or self.settings.poll, on_change=progress)
         except KeyboardInterrupt:
-            outcome = job.cancel()
-            self.say(f"\nInterrupted: job {job.id} {outcome}.")
+            self.interrupted(job)
             raise
         except JobTimeout:
             raise JobFailed(
@@ -337,6 +350,10 @@ class Session:
         if job.status.value in ("FAILED", "CANCELLED"):
             raise JobFailed(_failure_text(job))
         return job
+
+    def interrupted(self, job: Job) -> None:
+        """Ctrl-C in a cell that waits for its job: cancel the job and say so."""
+        self.say(f"\nInterrupted: job {job.id} {job.cancel()}.")
 
     def card(self, job: Job) -> JobCard:
         """A live card for the job, watched by the kernel's watcher at the ``poll`` interval."""

@@ -193,6 +193,62 @@ def test_ctrl_c_while_waiting_cancels_the_remote_job(
     assert shell.user_ns["job"].id == job.id  # VAR is bound even though the cell failed
 
 
+def test_ctrl_c_while_submitting_cancels_the_job_the_create_made(
+    shell: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lands just as the create's answer comes back (the job exists, the cell has not
+    heard of it): the job is looked up, journaled and cancelled, so a rerun is not a twin."""
+    session = shell.user_ns["magics"].session
+    client = session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    transport = client._http._transport
+    send = transport.handle_request
+
+    def interrupted_create(request: Any) -> Any:
+        response = send(request)  # the real POST, over the socket, to the real backend
+        if request.method == "POST" and request.url.path.endswith("/batch/jobs"):
+            response.read()
+            response.close()
+            raise KeyboardInterrupt
+        return response
+
+    monkeypatch.setattr(transport, "handle_request", interrupted_create)
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_cell_magic("atai_job", f"job_{tag} --no-card", _slow_cell(tag))
+    monkeypatch.undo()
+
+    (job,) = _jobs_named(client, f"slow-{tag}")
+    assert job.status == m.JobStatus.CANCELLED
+    assert f"Interrupted while submitting: job {job.id} cancelled." in capsys.readouterr().out
+    entries = session.journal.entries()
+    assert [e.job_id for e in entries if e.name == f"slow-{tag}"] == [job.id]
+    assert f"job_{tag}" not in shell.user_ns  # the cell failed before it had a handle to bind
+
+
+def test_ctrl_c_before_the_wait_of_a_waiting_cell_cancels_too(
+    shell: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a live notebook a waiting cell draws its card first: Ctrl-C then cancels as well."""
+    session = shell.user_ns["magics"].session
+    client = session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    monkeypatch.setattr("atai_magics._env.in_kernel", lambda shell: True)
+    monkeypatch.setattr("atai_magics._env.has_live_frontend", lambda shell: True)
+
+    def interrupted_card(job: Job) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while the card is being drawn
+
+    monkeypatch.setattr(session, "card", interrupted_card)
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_cell_magic("atai_job", f"job_{tag} --wait", _slow_cell(tag))
+    (job,) = _jobs_named(client, f"slow-{tag}")
+    assert job.status == m.JobStatus.CANCELLED
+    assert f"Interrupted: job {job.id} cancelled." in capsys.readouterr().out
+    assert shell.user_ns[f"job_{tag}"].id == job.id
+
+
 def test_a_failed_job_fails_the_cell(shell: Any) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]

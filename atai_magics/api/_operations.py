@@ -18,7 +18,14 @@ import httpx
 
 from . import models as m
 from ._steps import Call, Flow, RetryPolicy, Sleep, is_expired_url_error, parse
-from .errors import AmbiguousCreateError, AtaiError, ConfigError, ServerError, TransportError
+from .errors import (
+    AmbiguousCreateError,
+    AtaiError,
+    ConfigError,
+    CreateInterrupted,
+    ServerError,
+    TransportError,
+)
 
 JOBS = "/batch/jobs"
 PIPELINES = "/batch/registry/pipelines"
@@ -59,7 +66,8 @@ def create_job(
     The POST is repeated only when it surely did not reach the server (connection refused,
     429). After an ambiguous failure (timeout, dropped connection, 5xx) the flow first looks
     for a job with the same name and pipeline created since the attempt began, and returns it
-    if there is one; only then does it try again.
+    if there is one; only then does it try again. Ctrl-C while the POST is out (thrown in by
+    the sync client) is answered the same way: `CreateInterrupted` says what it made.
     """
     body = request.to_body()
     for attempt in range(retry.max_retries + 1):
@@ -70,6 +78,12 @@ def create_job(
             return created
         except (TransportError, ServerError) as exc:
             failure: Exception = exc
+        except KeyboardInterrupt as interrupt:
+            try:
+                made = yield from _find_created_job(request, started, clock)
+            except AmbiguousCreateError:
+                raise interrupt from None
+            raise CreateInterrupted(request.name, made) from None
         found = yield from _find_created_job(request, started, clock)
         if found is not None:
             return found

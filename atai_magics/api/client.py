@@ -238,7 +238,7 @@ class Client(_BaseClient):
             while True:
                 try:
                     result = self._do(step)
-                except AtaiError as exc:
+                except (AtaiError, KeyboardInterrupt) as exc:  # Ctrl-C too: see create_job
                     step = flow.throw(exc)
                 else:
                     step = flow.send(result)

@@ -15,6 +15,9 @@
         ├── RateLimited        429 (``retry_after`` in seconds when the server said)
         └── ServerError        5xx
 
+Apart from these, ``Client.create_job`` raises `CreateInterrupted`, a ``KeyboardInterrupt``,
+when Ctrl-C arrives while its POST is out: it says whether the create made the job.
+
 No message, ``repr`` or attribute of these errors ever contains the API key: the client
 scrubs it from every text it puts into one.
 """
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # errors are imported by the cheap parts of the extension: no httpx there
     import httpx
 
+    from .models import JobRecord
+
 __all__ = [
     "AmbiguousCreateError",
     "ApiError",
@@ -34,6 +39,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "Conflict",
+    "CreateInterrupted",
     "InvalidRequest",
     "NotFound",
     "RateLimited",
@@ -62,6 +68,17 @@ class TransportError(AtaiError):
 
 class AmbiguousCreateError(TransportError):
     """A create request failed in a way that leaves unknown whether the job exists."""
+
+
+class CreateInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a create request was out. ``job`` is the job it made, found on the server
+    right after the interrupt, or None when the server has none. (A second Ctrl-C, or a
+    server that cannot be asked, leaves a plain ``KeyboardInterrupt``: then nobody knows.)"""
+
+    def __init__(self, name: str, job: JobRecord | None) -> None:
+        made = f"it made job {job.id}" if job is not None else "no job was made"
+        super().__init__(f"Interrupted while creating job {name!r}: {made}")
+        self.job = job
 
 
 class ApiError(AtaiError):

@@ -35,6 +35,7 @@ from atai_magics.api.errors import (
     AuthError,
     ConfigError,
     Conflict,
+    CreateInterrupted,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -454,6 +455,11 @@ class JobServer:
                 raise httpx.ReadTimeout("timed out reading the answer", request=request)
             if action == "timeout_before_create":
                 raise httpx.ReadTimeout("timed out reading the answer", request=request)
+            if action == "ctrl_c_after_create":  # Ctrl-C while the answer was on its way
+                self._create(body)
+                raise KeyboardInterrupt
+            if action == "ctrl_c_before_create":
+                raise KeyboardInterrupt
             if action == "connect":
                 raise httpx.ConnectError("connection refused", request=request)
             if isinstance(action, int):
@@ -592,6 +598,40 @@ def test_create_lookup_server_error_is_ambiguous() -> None:
     assert server.created == 1
     assert len(server.lists) == 4
     assert "unknown whether the job exists" in str(info.value)
+
+
+def test_ctrl_c_during_a_create_says_which_job_it_made() -> None:
+    clock = FakeClock()
+    server = JobServer()
+    server.add_job("volve-run", server.now() - timedelta(hours=1))  # an older run
+    server.post_script = ["ctrl_c_after_create"]
+    with flow_client(server.handler, clock) as client, pytest.raises(CreateInterrupted) as info:
+        client.create_job(JOB_BODY)
+    assert isinstance(info.value, KeyboardInterrupt)  # still an interrupt for everyone else
+    assert info.value.job is not None and info.value.job.id == server.jobs[-1]["id"] == "job_2"
+    assert (len(server.posts), len(server.lists), server.created) == (1, 1, 1)
+    assert "made job job_2" in str(info.value)
+
+
+def test_ctrl_c_before_the_server_created_says_none_was_made() -> None:
+    clock = FakeClock()
+    server = JobServer()
+    server.post_script = ["ctrl_c_before_create"]
+    with flow_client(server.handler, clock) as client, pytest.raises(CreateInterrupted) as info:
+        client.create_job(JOB_BODY)
+    assert info.value.job is None
+    assert (len(server.posts), len(server.lists), server.created) == (1, 1, 0)  # not re-posted
+
+
+def test_ctrl_c_during_a_create_whose_lookup_fails_stays_a_plain_interrupt() -> None:
+    clock = FakeClock()
+    server = JobServer()
+    server.post_script = ["ctrl_c_after_create"]
+    server.list_script = [503] * 10
+    with flow_client(server.handler, clock) as client, pytest.raises(KeyboardInterrupt) as info:
+        client.create_job(JOB_BODY)
+    assert not isinstance(info.value, CreateInterrupted)  # nobody knows: no claim is made
+    assert len(server.posts) == 1
 
 
 def test_create_gives_up_after_max_retries_when_nothing_was_created() -> None:
