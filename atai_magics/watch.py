@@ -157,6 +157,8 @@ class Watcher:
             loop.call_soon_threadsafe(wake.set)
 
     def watching(self) -> list[str]:
+        """The ids of the jobs still watched. A job leaves this list when its last snapshot
+        is taken, just before its cards and then its handle are given it."""
         with self._lock:
             return list(self._watched)
 

@@ -325,7 +325,12 @@ def _soak(
     assert killed and len(handles) == JOBS
 
     try:
-        _wait_for(lambda: not watcher.watching(), "every job to end", timeout=DEADLINE)
+        # a job leaves `watching()` right before its handle takes the final record
+        _wait_for(
+            lambda: not watcher.watching() and all(job.done for job in handles.values()),
+            "every job to end",
+            timeout=DEADLINE,
+        )
     finally:
         watcher.stop()
     _check(backend, client, handles, creates_before_kill, tmp_path, reference)
