@@ -277,24 +277,24 @@ class Session:
             )
         else:
             client = self.client
-            interrupted: CreateInterrupted | None = None
+            interrupt: CreateInterrupted | None = None
             try:
                 record = client.create_job(request)
             except CreateInterrupted as exc:  # Ctrl-C while the POST was out
                 if exc.job is None:
                     self.say("\nInterrupted while submitting: no job was created.")
                     raise
-                interrupted, record = exc, exc.job
+                interrupt, record = exc, exc.job
             journal.record(
                 JournalEntry(record.id, record.name, client.base_url, spec_hash, notebook, cell_id)
             )
-            if interrupted is not None:  # journaled, then cancelled: never a stray live job
+            if interrupt is not None:  # journaled, then cancelled: never a stray live job
                 try:
                     outcome = Job(record, client).cancel()
                 except AtaiError as exc:
                     outcome = f"could not be cancelled ({exc})"
                 self.say(f"\nInterrupted while submitting: job {record.id} {outcome}.")
-                raise interrupted
+                raise interrupt
             job = Job(record, client)
             if not options.quiet:
                 self.say(f"Submitted {record.name!r} to {self.backend_label}:")
