@@ -294,7 +294,12 @@ class Watcher:
                 self._publish(entry, snap)
             entry.job.update(record)  # after the cards: whoever sees the handle move sees them
 
-        await asyncio.gather(*(update(entry) for entry in group))
+        # Every update runs to its end before the tick fails on the first error: one left
+        # running would overtake the next tick's (a finished job back to RUNNING).
+        outcomes = await asyncio.gather(*(update(entry) for entry in group), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _records(self, client: AsyncClient, wanted: set[str]) -> dict[str, m.JobRecord]:
         """The watched jobs' records: one list page, a few more if needed, then one by one."""

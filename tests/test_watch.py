@@ -3,6 +3,7 @@ with and without the local backend's fault injection."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -186,6 +187,43 @@ def test_running_jobs_get_detail_calls_and_ended_jobs_stop_being_watched(fake: A
     before = api.count("/batch/jobs/job_0002/events")
     _wait_until(lambda: watcher.stats.ticks >= 6)
     assert api.count("/batch/jobs/job_0002/events") == before
+
+
+def test_a_failed_tick_lets_its_slow_updates_finish_before_the_next_tick(fake: Any) -> None:
+    """One job's details fail while another's are slow: the next tick must not finish the slow
+    job and then have the failed tick's late update put its old RUNNING state back."""
+    api, watcher, jobs = fake(2)
+    for record in api.jobs.values():
+        record["status"] = "RUNNING"
+    slow, failing = "/batch/jobs/job_0000/events", "/batch/jobs/job_0001/events"
+    state = {"armed": False, "pending": False}
+    sync_handler = api.handler
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v0.5")
+        if path == slow and state["armed"]:  # job_0000 ends while its details are on their way
+            state["armed"], state["pending"] = False, True
+            api.jobs["job_0000"].update(status="COMPLETED", updated_at="2026-11-29T10:01:00Z")
+            await asyncio.sleep(0.5)
+            state["pending"] = False
+        elif path == failing and state["pending"]:  # ... and the same tick fails
+            return httpx.Response(503, json={"errors": [{"code": "unavailable"}]})
+        return sync_handler(request)
+
+    api.handler = handler  # type: ignore[method-assign]
+    seen = Recorder()
+    watcher.watch(jobs[0], seen)
+    watcher.watch(jobs[1])
+    ticks = watcher.stats.ticks
+    _wait_until(lambda: watcher.stats.ticks >= ticks + 2)  # ticks now take both jobs
+    state["armed"] = True
+    assert seen.done.wait(10)
+    _wait_until(lambda: "job_0000" not in watcher.watching())
+    _wait_until(lambda: not state["pending"], timeout=10)
+    time.sleep(0.3)  # what the failed tick still had to do for job_0000, it has done
+    assert watcher.stats.errors >= 1
+    assert jobs[0].status == m.JobStatus.COMPLETED
+    assert seen.snaps[-1].final and seen.snaps[-1].record.status == m.JobStatus.COMPLETED
 
 
 def test_jobs_missing_from_the_list_are_fetched_one_by_one(fake: Any) -> None:
