@@ -2,7 +2,9 @@
 
 A second client listens to the kernel's iopub channel (every message, whatever its parent),
 so the test sees *when* the card's widget updates and the final display update arrive: inside
-the busy window of a cell that sits in ``time.sleep``.
+the busy window of a cell that sits in ``time.sleep``. The job waits in the queue of a
+one-slot backend until that cell lets it start, and runs until that cell has seen it running,
+so both changes happen while the cell blocks, however slow the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,24 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from nbclient import NotebookClient
 
-from tests.conftest import LocalBackend
+from tests.conftest import LocalBackend, plugin_backend
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCKING = "import time\nwhile not job.done:  # the watcher's thread updates job.record\n"
+BLOCKING = "import pathlib, time\n"
+BLOCKING_CELL = (
+    BLOCKING + "pathlib.Path({blocker!r}).touch()  # the queued job may start now\n"
+    "while not job.done:  # the watcher's thread updates job.record\n"
+    "    if job.status.value == 'RUNNING':  # the card has shown it: the job may end\n"
+    "        pathlib.Path({release!r}).touch()\n"
+    "    time.sleep(0.2)\n"
+    "print(job.status.value)"
+)
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    with plugin_backend(tmp_path_factory, "one-slot", concurrency=1) as backend:
+        yield backend
 
 
 class IopubListener:
@@ -78,12 +95,26 @@ def _kernel(which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.mark.parametrize("which", ["this", "ipykernel6"])
 def test_the_card_advances_while_a_cell_blocks(
-    which: str, local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    which: str, one_slot: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kernel_name = _kernel(which, tmp_path, monkeypatch)
     tag = uuid.uuid4().hex[:8]
-    local_backend.client().upload_bytes(b"x", f"k-{tag}.txt", "text/plain")
-    monkeypatch.setenv("ATAI_LOCAL_HOME", str(local_backend.info.home))
+    blocker, release = tmp_path / "blocker", tmp_path / "release"
+    api = one_slot.client()
+    api.upload_bytes(b"x", f"k-{tag}.txt", "text/plain")
+    held = api.create_job(  # takes the one slot until the blocking cell lets it end
+        {
+            "name": f"slot-{tag}",
+            "pipeline_key": "slow-test",
+            "inputs": {"worker.data": [{"file_id": f"k-{tag}.txt"}]},
+            "parameters": {"worker": {"config": {"seconds": 0, "release_file": str(blocker)}}},
+        }
+    )
+    deadline = time.monotonic() + 60
+    while api.get_job(held.id).status.value != "RUNNING":
+        assert time.monotonic() < deadline, "the slot job did not start"
+        time.sleep(0.05)
+    monkeypatch.setenv("ATAI_LOCAL_HOME", str(one_slot.info.home))
     monkeypatch.setenv("ATAI_MAGICS_WAIT", "0")  # nbclient is no live front end: do not wait
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
@@ -92,8 +123,9 @@ def test_the_card_advances_while_a_cell_blocks(
     cells = [
         "%load_ext atai_magics\nimport ipykernel\nprint('ipykernel', ipykernel.__version__)",
         f"%%atai_job job\nname: kernel-{tag}\npipeline: slow-test\n"
-        f"inputs:\n  worker.data: [k-{tag}.txt]\nconfig:\n  seconds: 2\n",
-        BLOCKING + "    time.sleep(0.2)\nprint(job.status.value)",
+        f"inputs:\n  worker.data: [k-{tag}.txt]\n"
+        f"config:\n  seconds: 0\n  release_file: {release}\n",
+        BLOCKING_CELL.format(blocker=str(blocker), release=str(release)),
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     listeners: list[IopubListener] = []
