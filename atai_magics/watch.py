@@ -82,6 +82,8 @@ class _Watched:
     event_offset: int = 0
     progress_offset: int = 0
     force_detail: bool = True
+    watches: int = 0
+    """How often `watch` asked for it: a tick that began before the last ask drops nothing."""
 
 
 @dataclass
@@ -145,6 +147,7 @@ class Watcher:
                 entry.job = job
                 entry.since = time.monotonic()
                 entry.force_detail = True
+            entry.watches += 1
             if listener is not None and listener not in entry.listeners:
                 entry.listeners.append(listener)
         self._ensure_thread()
@@ -272,13 +275,17 @@ class Watcher:
             await self._tick_group(clients[key][1], group)
 
     async def _tick_group(self, client: AsyncClient, group: list[_Watched]) -> None:
+        with self._lock:
+            asked = {id(entry): entry.watches for entry in group}
         records = await self._records(client, {entry.job.id for entry in group})
         gate = asyncio.Semaphore(DETAIL_CONCURRENCY)
 
         async def update(entry: _Watched) -> None:
             record = records.get(entry.job.id)
             if record is None:  # deleted: show the last state, stop watching
-                self._finish(entry, replace(entry.snapshot, reconnecting=None, final=True))
+                self._finish(
+                    entry, replace(entry.snapshot, reconnecting=None, final=True), asked[id(entry)]
+                )
                 return
             changed = entry.force_detail or _state(record) != _state(entry.snapshot.record)
             snap = replace(entry.snapshot, record=record, reconnecting=None)
@@ -289,7 +296,8 @@ class Watcher:
                     snap = await self._details(client, entry, snap, final=final)
             entry.force_detail = False
             if final:
-                self._finish(entry, replace(snap, final=True))
+                if not self._finish(entry, replace(snap, final=True), asked[id(entry)]):
+                    return  # watched again since this tick began (a retry?): look again first
             elif changed or snap != entry.snapshot:  # first sight included: the card may lag
                 self._publish(entry, snap)
             entry.job.update(record)  # after the cards: whoever sees the handle move sees them
@@ -358,12 +366,18 @@ class Watcher:
             output_total=outputs.total,
         )
 
-    def _finish(self, entry: _Watched, snap: Snapshot) -> None:
+    def _finish(self, entry: _Watched, snap: Snapshot, asked: int) -> bool:
+        """Stop watching and publish the last snapshot; False (and nothing done) when `watch`
+        asked for the job again since the tick began: what it saw may be out of date."""
         with self._lock:
+            if entry.watches != asked:
+                entry.force_detail = True
+                return False
             if self._watched.get(entry.job.id) is entry:
                 del self._watched[entry.job.id]
         entry.job.note_failed_events(snap.record, snap.failed_events)
         self._publish(entry, snap)
+        return True
 
     def _publish(self, entry: _Watched, snap: Snapshot) -> None:
         entry.snapshot = snap

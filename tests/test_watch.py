@@ -226,6 +226,35 @@ def test_a_failed_tick_lets_its_slow_updates_finish_before_the_next_tick(fake: A
     assert seen.snaps[-1].final and seen.snaps[-1].record.status == m.JobStatus.COMPLETED
 
 
+def test_watching_again_during_the_final_tick_keeps_watching(fake: Any) -> None:
+    """Retry clicked while the tick that saw the job end is still fetching its details: the
+    job must stay watched (and its card follow the retry), not be dropped as ended."""
+    api, watcher, jobs = fake(1)
+    api.jobs["job_0000"]["status"] = "RUNNING"
+    state = {"armed": False, "fetching": False}
+    sync_handler = api.handler
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/job_0000/events") and state["armed"]:
+            state["armed"], state["fetching"] = False, True
+            await asyncio.sleep(0.5)  # the final tick's details, while the user clicks Retry
+            state["fetching"] = False
+        return sync_handler(request)
+
+    api.handler = handler  # type: ignore[method-assign]
+    seen = Recorder()
+    watcher.watch(jobs[0], seen)
+    _wait_until(lambda: bool(seen.snaps) and seen.snaps[-1].record.status == m.JobStatus.RUNNING)
+    api.jobs["job_0000"].update(status="CANCELLED", updated_at="2026-11-29T10:01:00Z")
+    state["armed"] = True
+    _wait_until(lambda: state["fetching"], timeout=10)
+    api.jobs["job_0000"].update(status="PENDING", updated_at="2026-11-29T10:02:00Z", retry_count=1)
+    watcher.watch(jobs[0], seen)  # what the card's Retry button does after the retry
+    _wait_until(lambda: seen.snaps[-1].record.status == m.JobStatus.PENDING, timeout=10)
+    assert "job_0000" in watcher.watching()
+    _wait_until(lambda: jobs[0].status == m.JobStatus.PENDING, timeout=10)
+
+
 def test_jobs_missing_from_the_list_are_fetched_one_by_one(fake: Any) -> None:
     api, watcher, jobs = fake(5, visible=3)
     seen = Recorder()
