@@ -288,14 +288,10 @@ class Session:
             journal.record(
                 JournalEntry(record.id, record.name, client.base_url, spec_hash, notebook, cell_id)
             )
-            if interrupt is not None:  # journaled, then cancelled: never a stray live job
-                try:
-                    outcome = Job(record, client).cancel()
-                except AtaiError as exc:
-                    outcome = f"could not be cancelled ({exc})"
-                self.say(f"\nInterrupted while submitting: job {record.id} {outcome}.")
-                raise interrupt
             job = Job(record, client)
+            if interrupt is not None:  # journaled, then cancelled: never a stray live job
+                self.interrupted(job, " while submitting")
+                raise interrupt
             if not options.quiet:
                 self.say(f"Submitted {record.name!r} to {self.backend_label}:")
                 self.say(record.id)
@@ -351,9 +347,14 @@ class Session:
             raise JobFailed(_failure_text(job))
         return job
 
-    def interrupted(self, job: Job) -> None:
-        """Ctrl-C in a cell that waits for its job: cancel the job and say so."""
-        self.say(f"\nInterrupted: job {job.id} {job.cancel()}.")
+    def interrupted(self, job: Job, when: str = "") -> None:
+        """Ctrl-C in a cell: cancel its job and say so. A cancel that fails is said, not
+        raised, so the interrupt is what the cell ends with."""
+        try:
+            outcome = job.cancel()
+        except AtaiError as exc:
+            outcome = f"could not be cancelled ({exc})"
+        self.say(f"\nInterrupted{when}: job {job.id} {outcome}.")
 
     def card(self, job: Job) -> JobCard:
         """A live card for the job, watched by the kernel's watcher at the ``poll`` interval."""
