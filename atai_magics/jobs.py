@@ -67,6 +67,9 @@ class Job:
         self.record = record
         self.client = client
         self._lock = threading.Lock()
+        self._takes = 0
+        """Records taken so far (fetched here or brought by the watcher): ``wait`` polls only
+        when none arrived while it slept."""
         self._failed_events: tuple[str | None, int] | None = None
         """(``updated_at`` it was counted at, count): fetched once per finished state."""
 
@@ -95,15 +98,14 @@ class Job:
 
     def refresh(self) -> Job:
         """Fetch the latest record from the API."""
-        record = self.client.get_job(self.id)
-        with self._lock:
-            self.record = record
+        self.update(self.client.get_job(self.id))
         return self
 
     def update(self, record: m.JobRecord) -> None:
         """Take a newer record fetched elsewhere (the background watcher)."""
         with self._lock:
             self.record = record
+            self._takes += 1
 
     @property
     def failures(self) -> list[str]:
@@ -146,15 +148,20 @@ class Job:
     ) -> Job:
         """Poll until the job is COMPLETED, FAILED or CANCELLED (slower as time passes).
 
-        Checks start every half second and slow down to every ``poll`` seconds.
-        ``on_change`` is called whenever the status or progress changed. Raises
-        ``JobTimeout`` when ``timeout`` seconds pass first; the job keeps running.
+        Checks start every half second and slow down to every ``poll`` seconds. A check
+        whose pause brought a record from elsewhere (a live card's watcher) uses it instead
+        of asking again, so a watched job is not polled twice. ``on_change`` is called
+        whenever the status or progress changed. Raises ``JobTimeout`` when ``timeout``
+        seconds pass first; the job keeps running.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(POLL_START, poll)
         seen: tuple[Any, ...] | None = None
+        taken: int | None = None  # the first check always asks
         while True:
-            self.refresh()
+            if self._takes == taken or taken is None:
+                self.refresh()
+            taken = self._takes
             state = (self.status, self.record.input_progress, self.record.queue_position)
             if state != seen and on_change is not None:
                 on_change(self)

@@ -123,6 +123,40 @@ def test_wait_times_out_without_touching_the_job(
     assert client.get_job(job.id).status != m.JobStatus.CANCELLED
 
 
+def test_wait_asks_only_when_no_record_came_from_elsewhere(
+    local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record brought during a pause (by a card's watcher) stands in for the next check."""
+    client, elsewhere = local_backend.client(), local_backend.client()
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"wait-{tag}.txt")
+    record = client.create_job(
+        {
+            "name": f"wait-{tag}",
+            "pipeline_key": "slow-test",
+            "inputs": {"worker.data": [{"file_id": f"wait-{tag}.txt"}]},
+            "parameters": {"worker": {"config": {"seconds": 600}}},
+        }
+    )
+    job = Job(record, client)
+    asked: list[str] = []
+    get_job = client.get_job
+    monkeypatch.setattr(client, "get_job", lambda job_id: asked.append(job_id) or get_job(job_id))
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            elsewhere.cancel_job(job.id)
+        if len(pauses) != 2:  # nothing comes during the second pause
+            job.update(elsewhere.get_job(job.id))
+
+    job.wait(sleep=pause)
+    assert job.status == m.JobStatus.CANCELLED
+    assert len(pauses) == 3
+    assert asked == [job.id, job.id]  # the first check, and the one after the empty pause
+
+
 def test_ordered_outputs_follows_part_numbers() -> None:
     def out(i: str, name: str, input_id: str) -> m.Output:
         return m.Output(id=i, input_id=input_id, data=m.DataRef(ref="/x", filename=name))

@@ -334,6 +334,37 @@ def test_real_jobs_reach_their_end_states(local_backend: LocalBackend, tmp_path:
         assert client.get_job(job.id).status == seen[key].snaps[-1].record.status
 
 
+def test_waiting_on_a_watched_job_takes_the_watchers_records(
+    local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`%%atai_job --wait` with a live card: the wait does not poll beside the watcher."""
+    client = local_backend.client()
+    release = tmp_path / "release"
+    job = _slow_job(client, uuid.uuid4().hex[:8], seconds=0, release_file=str(release))
+    asked: list[str] = []
+    get_job = client.get_job
+    monkeypatch.setattr(client, "get_job", lambda job_id: asked.append(job_id) or get_job(job_id))
+    pauses: list[float] = []
+
+    def until_the_watcher_brings_a_record(seconds: float) -> None:
+        pauses.append(seconds)
+        if job.status == m.JobStatus.RUNNING:
+            release.touch()
+        taken = job._takes
+        _wait_until(lambda: job._takes != taken)
+
+    watcher = Watcher(**FAST)
+    seen = Recorder()
+    try:
+        watcher.watch(job, seen)
+        job.wait(sleep=until_the_watcher_brings_a_record)
+        assert seen.done.wait(60)
+    finally:
+        watcher.stop()
+    assert job.status == m.JobStatus.COMPLETED and seen.statuses[-1] == "COMPLETED"
+    assert pauses and asked == [job.id]  # the wait's first check only; the watcher did the rest
+
+
 @pytest.fixture(scope="module")
 def faulty_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
     """A backend of its own whose API answers 5xx, 429, slowly, or drops the connection."""

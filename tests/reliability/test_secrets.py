@@ -14,7 +14,8 @@ Scanned, each for both secrets (and a 16-character prefix of each, to catch a tr
 copy): every cell output of the executed notebooks (stream text, display data of every
 mime type, ``error`` ename/evalue/traceback, i.e. the ``_render_traceback_`` lines), the
 widget state nbclient stores in ``nb.metadata.widgets``, the executed notebook written to a
-temporary file, the kernel process's stdout/stderr, every file of the extension's data dir
+temporary file, the kernel process's stdout/stderr (where the magic-cell kernels send every
+logger at DEBUG: httpx, httpcore, the watcher), every file of the extension's data dir
 (the journal, downloads), and every file of the backend's home (``server.log``,
 ``server.json``, the SQLite store and its WAL, stored files and outputs) except ``token``.
 
@@ -181,7 +182,9 @@ def test_a_notebook_run_shows_the_key_nowhere(
 # --- magic cells: cards, tables, errors --------------------------------------------------------
 
 SOCKET_SPY = """\
-import socket
+import logging, socket, sys
+# every logger at DEBUG, to the kernel's stderr (scanned): httpx, httpcore, the watcher's ticks
+logging.basicConfig(level=logging.DEBUG, stream=sys.__stderr__, force=True)
 attempts = []
 _connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
 def _spy_connect(self, address):
@@ -272,6 +275,7 @@ def test_magic_cells_show_the_key_nowhere(backend: LocalBackend, tmp_path: Path)
     assert "remote attempts: []" in printed(nb.cells[-2]), text[
         -2
     ]  # refused before any DNS or connect
+    assert "HTTP Request: POST" in log.read_text(errors="replace"), "no log was written"
     secrets = needles(token, CANARY)
     found = all_hits(nb, tmp_path, log, secrets)
     found += tree_hits(backend.info.home, secrets, skip=("token",))
@@ -391,5 +395,7 @@ def test_a_canary_key_echoed_back_in_errors_shows_nowhere(echo: EchoServer, tmp_
     assert "remote attempts: []" in printed(nb.cells[-2]), printed(nb.cells[-2])
     widgets = json.dumps(nb.metadata.get("widgets", {}))
     assert "reconnecting" in widgets and "Bearer ***" in widgets, "the card shows no echoed error"
+    logged = log.read_text(errors="replace")
+    assert "watcher tick failed" in logged and "HTTP Request: GET" in logged, "no log was written"
     found = all_hits(nb, tmp_path, log, needles(CANARY))
     assert found == []
