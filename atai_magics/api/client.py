@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .. import __version__
+from . import _logs
 from . import _operations as ops
 from . import _uploads as up
 from . import models as m
@@ -61,6 +62,7 @@ class _BaseClient:
         self.base_url = resolve_base_url(base_url)
         self._key_given = api_key is not None
         self._get_key = key_source(api_key)
+        _logs.guard(self, self._get_key)
         self._auth = BearerAuth(self._get_key, origin=httpx.URL(self.base_url).host)
         self.retry = retry or RetryPolicy(max_retries=max_retries)
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)

@@ -1,0 +1,83 @@
+"""The key stays out of the HTTP libraries' logs: a real client, a real server echoing it."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from atai_magics.api.client import AsyncClient, Client
+from atai_magics.api.errors import AuthError
+
+KEY = "sk-log-canary-0123456789abcdef"
+
+
+@pytest.fixture
+def echo_url() -> Iterator[str]:
+    """A server answering 401 with the request's Authorization header in a response header."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("X-Echo", self.headers.get("Authorization", ""))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v0.5"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_debug_logs_of_an_echoing_server_never_show_the_key(
+    echo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with Client(echo_url, api_key=KEY, max_retries=0) as client, pytest.raises(AuthError):
+        client.get_job("job_01abcdefghjkmnpqrstvwxyz0")
+    headers = [r for r in caplog.records if "receive_response_headers.complete" in r.getMessage()]
+    assert headers, "httpcore logged no response headers: the check would be blind"
+    assert "X-Echo" in caplog.text and "Bearer ***" in caplog.text
+    assert KEY not in caplog.text and KEY[:12] not in caplog.text
+
+
+def test_the_async_client_is_guarded_too(echo_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    async def ask() -> None:
+        async with AsyncClient(echo_url, api_key=KEY, max_retries=0) as client:
+            await client.list_jobs()
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(AuthError):
+        asyncio.run(ask())
+    assert "Bearer ***" in caplog.text and KEY not in caplog.text
+
+
+def test_other_records_pass_unchanged_and_a_gone_client_is_forgotten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    log = logging.getLogger("httpcore.http11")
+    client = Client("http://127.0.0.1:9/v0.5", api_key="sk-short-lived-key")
+    log.debug("headers %s", "sk-short-lived-key")
+    log.debug("nothing secret: %s", 42)
+    assert [r.getMessage() for r in caplog.records] == ["headers ***", "nothing secret: 42"]
+    assert caplog.records[1].args == (42,)  # untouched records keep their arguments
+    client.close()
+    del client
+    gc.collect()
+    caplog.clear()
+    log.debug("headers %s", "sk-short-lived-key")
+    assert caplog.records[0].getMessage() == "headers sk-short-lived-key"  # no key kept forever
