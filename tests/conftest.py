@@ -33,6 +33,14 @@ class LocalBackend:
         return counts.get(handler, 0)
 
 
+def job_lookups(monkeypatch: pytest.MonkeyPatch, client: Client) -> list[str]:
+    """The ids ``client.get_job`` is asked for from now on (the job is still fetched)."""
+    asked: list[str] = []
+    get_job = client.get_job
+    monkeypatch.setattr(client, "get_job", lambda job_id: asked.append(job_id) or get_job(job_id))
+    return asked
+
+
 def plugin_pythonpath(site: Path) -> str:
     """A PYTHONPATH under which the backend finds ``tests/local/slow_pipeline.py`` as a real
     entry-point plug-in (``slow-test``): a job that runs until cancelled or released."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from atai_magics.api import models as m
+from atai_magics.api.client import Client
 from atai_magics.jobs import Job, JobTimeout, Journal, JournalEntry, ordered_outputs
-from tests.conftest import LocalBackend
+from tests.conftest import LocalBackend, job_lookups
 
 
 def _msc_job(client, tmp_path: Path, *, flush: int = 2) -> m.JobRecord:  # type: ignore[no-untyped-def]
@@ -47,6 +48,21 @@ def _msc_job(client, tmp_path: Path, *, flush: int = 2) -> m.JobRecord:  # type:
             },
         }
     )
+
+
+def _running_job(client: Client) -> Job:
+    """A slow-test job that runs until cancelled."""
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    record = client.create_job(
+        {
+            "name": f"slow-{tag}",
+            "pipeline_key": "slow-test",
+            "inputs": {"worker.data": [{"file_id": f"slow-{tag}.txt"}]},
+            "parameters": {"worker": {"config": {"seconds": 600}}},
+        }
+    )
+    return Job(record, client)
 
 
 def test_wait_results_and_repr(local_backend: LocalBackend, tmp_path: Path) -> None:
@@ -93,18 +109,7 @@ def test_completed_with_failures_is_never_plain_success(
 
 
 def test_cancel_then_retry(local_backend: LocalBackend) -> None:
-    client = local_backend.client()
-    tag = uuid.uuid4().hex[:8]
-    client.upload_bytes(b"x", f"slow-{tag}.txt")
-    record = client.create_job(
-        {
-            "name": f"slow-{tag}",
-            "pipeline_key": "slow-test",
-            "inputs": {"worker.data": [{"file_id": f"slow-{tag}.txt"}]},
-            "parameters": {"worker": {"config": {"seconds": 600}}},
-        }
-    )
-    job = Job(record, client)
+    job = _running_job(local_backend.client())
     assert job.cancel() == "cancelled"
     assert job.status == m.JobStatus.CANCELLED
     assert job.cancel() == "already finished (CANCELLED)"
@@ -128,20 +133,8 @@ def test_wait_asks_only_when_no_record_came_from_elsewhere(
 ) -> None:
     """A record brought during a pause (by a card's watcher) stands in for the next check."""
     client, elsewhere = local_backend.client(), local_backend.client()
-    tag = uuid.uuid4().hex[:8]
-    client.upload_bytes(b"x", f"wait-{tag}.txt")
-    record = client.create_job(
-        {
-            "name": f"wait-{tag}",
-            "pipeline_key": "slow-test",
-            "inputs": {"worker.data": [{"file_id": f"wait-{tag}.txt"}]},
-            "parameters": {"worker": {"config": {"seconds": 600}}},
-        }
-    )
-    job = Job(record, client)
-    asked: list[str] = []
-    get_job = client.get_job
-    monkeypatch.setattr(client, "get_job", lambda job_id: asked.append(job_id) or get_job(job_id))
+    job = _running_job(client)
+    asked = job_lookups(monkeypatch, client)
     pauses: list[float] = []
 
     def pause(seconds: float) -> None:

@@ -21,7 +21,7 @@ from atai_magics.api.client import AsyncClient, Client
 from atai_magics.api.errors import AtaiError
 from atai_magics.jobs import Job
 from atai_magics.watch import Snapshot, Watcher
-from tests.conftest import LocalBackend, plugin_backend
+from tests.conftest import LocalBackend, job_lookups, plugin_backend
 
 FAST = {"interval": 0.05, "fast": 0.05, "slow": 0.2, "max_backoff": 0.3}
 
@@ -341,9 +341,7 @@ def test_waiting_on_a_watched_job_takes_the_watchers_records(
     client = local_backend.client()
     release = tmp_path / "release"
     job = _slow_job(client, uuid.uuid4().hex[:8], seconds=0, release_file=str(release))
-    asked: list[str] = []
-    get_job = client.get_job
-    monkeypatch.setattr(client, "get_job", lambda job_id: asked.append(job_id) or get_job(job_id))
+    asked = job_lookups(monkeypatch, client)
     pauses: list[float] = []
 
     def until_the_watcher_brings_a_record(seconds: float) -> None:
