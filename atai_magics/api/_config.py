@@ -53,10 +53,13 @@ def is_loopback(host: str) -> bool:
 
 
 def key_source(api_key: str | None) -> Callable[[], str | None]:
-    """A function giving the key at request time, without the key being stored on an object."""
+    """A function giving the key at request time, without the key being stored on an object.
+
+    Surrounding whitespace is dropped: a key read from a file often ends in a newline."""
     if api_key is not None:
-        return lambda: api_key
-    return lambda: os.environ.get(KEY_ENV) or None
+        key = api_key.strip() or None
+        return lambda: key
+    return lambda: (os.environ.get(KEY_ENV) or "").strip() or None
 
 
 class BearerAuth(httpx.Auth):
@@ -67,16 +70,22 @@ class BearerAuth(httpx.Auth):
         self._origin = origin
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # Checked before the key is read: a frame of a refused request never holds it.
+        if request.url.scheme != "https" and not is_loopback(request.url.host):
+            raise ConfigError(
+                f"Refusing to send the API key over plain HTTP to {request.url.host!r}: "
+                "use https:// (plain http is allowed only for loopback hosts)"
+            )
         key = self._get_key()
         if not key:
             raise ConfigError(
                 f"No API key: set the {KEY_ENV} environment variable or pass api_key= "
                 "(unset ATAI_API_ENDPOINT too to use the embedded local backend)"
             )
-        if request.url.scheme != "https" and not is_loopback(request.url.host):
-            raise ConfigError(
-                f"Refusing to send the API key over plain HTTP to {request.url.host!r}: "
-                "use https:// (plain http is allowed only for loopback hosts)"
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            raise ConfigError(  # httpx would quote the header, key and all, in its error
+                "The API key holds a space, a control or a non-ASCII character, which a header "
+                "cannot carry: check how it was set. Nothing was sent."
             )
         request.headers["Authorization"] = f"Bearer {key}"
         yield request

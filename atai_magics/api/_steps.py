@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pydantic
 
-from .errors import ApiError, AtaiError, RateLimited
+from .errors import ApiError, AtaiError, RateLimited, invalid_body
 
 R = TypeVar("R")
 
@@ -106,8 +107,13 @@ class RetryPolicy:
 
 
 def parse(model: type[Any], response: httpx.Response) -> Any:
-    """Validate a JSON response into ``model``."""
-    return model.model_validate_json(response.content)
+    """Validate a JSON response into ``model``; a body of another shape is ``InvalidResponse``
+    (raised outside the ``except``: pydantic's error would carry the body, echoes and all)."""
+    try:
+        return model.model_validate_json(response.content)
+    except pydantic.ValidationError as exc:
+        problems = exc.errors(include_url=False, include_context=False, include_input=False)
+    raise invalid_body(response, model.__name__, list(problems))
 
 
 def is_expired_url_error(error: AtaiError) -> bool:

@@ -31,7 +31,7 @@ from . import _logs
 from . import _operations as ops
 from . import _uploads as up
 from . import models as m
-from ._config import KEY_ENV, BearerAuth, key_source, resolve_base_url
+from ._config import KEY_ENV, BearerAuth, is_loopback, key_source, resolve_base_url
 from ._steps import Call, Flow, Outcome, Parallel, RetryPolicy, Step
 from .errors import AtaiError, TransportError, error_for_response
 
@@ -69,6 +69,12 @@ class _BaseClient:
         self.upload_concurrency = upload_concurrency
         self.simple_upload_limit = simple_upload_limit
         self._urls: dict[str, httpx.URL] = {}
+
+    @property
+    def _trust_env(self) -> bool:
+        """Proxy settings (``HTTP_PROXY``...) only for a remote API: a proxy would carry a
+        loopback backend's plain-HTTP requests, key included, off this machine."""
+        return not is_loopback(httpx.URL(self.base_url).host)
 
     def __repr__(self) -> str:
         source = "given" if self._key_given else f"from {KEY_ENV}"
@@ -110,19 +116,24 @@ class _BaseClient:
         key = self._get_key()
         return text.replace(key, "***") if key else text
 
-    def _transport_delay(self, call: Call, exc: httpx.TransportError, attempt: int) -> float:
-        """Seconds to wait before trying again, or raise the ``TransportError`` to give up."""
+    def _transport_delay(
+        self, call: Call, exc: httpx.TransportError, attempt: int
+    ) -> float | TransportError:
+        """Seconds to wait before trying again, or the ``TransportError`` to give up with.
+
+        The caller raises it outside its ``except``: chained, httpx's exception would keep
+        the request, ``Authorization`` header and all, reachable from the error."""
         if self.retry.should_retry_transport(call, exc, attempt):
             return self.retry.delay(attempt)
         where = str(httpx.URL(call.path).copy_with(query=None)) if "://" in call.path else call.path
-        raise TransportError(
+        return TransportError(
             self._scrub(f"{call.method} {where} failed: {type(exc).__name__}: {exc}")
-        ) from None
+        )
 
     def _status_delay(self, call: Call, response: httpx.Response, attempt: int) -> float | None:
         """``None`` when the response is an answer; else a delay, or raise the API error."""
-        if response.status_code < 400 or response.status_code in call.accept:
-            return None
+        if response.status_code < 300 or response.status_code in call.accept:
+            return None  # (a redirect is an error: the contract has none to follow)
         error = error_for_response(response, scrub=self._get_key())
         if self.retry.should_retry_status(call, response.status_code, attempt):
             return self.retry.delay(attempt, error)
@@ -200,6 +211,7 @@ class Client(_BaseClient):
             base_url=self.base_url,
             timeout=self.timeout,
             transport=transport,
+            trust_env=self._trust_env,
             headers={"User-Agent": f"atai-magics/{__version__}"},
         )
 
@@ -273,17 +285,20 @@ class Client(_BaseClient):
                 try:
                     if response.status_code >= 400 or call.stream_to is None:
                         response.read()
-                    delay = self._status_delay(call, response, attempt)
-                    if delay is None:
+                    wait = self._status_delay(call, response, attempt)
+                    if wait is None:
                         if call.stream_to is not None:
                             self._save(response, call.stream_to)
                         return response
+                    delay: float | TransportError = wait
                 finally:
                     response.close()
             except httpx.TransportError as exc:
                 delay = self._transport_delay(call, exc, attempt)
             finally:
                 _close_files(args)
+            if isinstance(delay, TransportError):
+                raise delay
             self.retry.sleep(delay)
             attempt += 1
 
@@ -650,6 +665,7 @@ class AsyncClient(_BaseClient):
             base_url=self.base_url,
             timeout=self.timeout,
             transport=transport,
+            trust_env=self._trust_env,
             headers={"User-Agent": f"atai-magics/{__version__}"},
         )
 
@@ -708,17 +724,20 @@ class AsyncClient(_BaseClient):
                 try:
                     if response.status_code >= 400 or call.stream_to is None:
                         await response.aread()
-                    delay = self._status_delay(call, response, attempt)
-                    if delay is None:
+                    wait = self._status_delay(call, response, attempt)
+                    if wait is None:
                         if call.stream_to is not None:
                             await self._save(response, call.stream_to)
                         return response
+                    delay: float | TransportError = wait
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
                 delay = self._transport_delay(call, exc, attempt)
             finally:
                 _close_files(args)
+            if isinstance(delay, TransportError):
+                raise delay
             await self.retry.async_sleep(delay)
             attempt += 1
 

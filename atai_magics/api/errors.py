@@ -13,7 +13,9 @@
         ├── NotFound           404
         ├── Conflict           409
         ├── RateLimited        429 (``retry_after`` in seconds when the server said)
-        └── ServerError        5xx
+        ├── ServerError        5xx
+        └── InvalidResponse    an answer the contract does not allow: a redirect, or a body
+                               that is not the documented shape
 
 Apart from these, ``Client.create_job`` raises `CreateInterrupted`, a ``KeyboardInterrupt``,
 when Ctrl-C arrives while its POST is out: it says whether the create made the job.
@@ -41,11 +43,13 @@ __all__ = [
     "Conflict",
     "CreateInterrupted",
     "InvalidRequest",
+    "InvalidResponse",
     "NotFound",
     "RateLimited",
     "ServerError",
     "TransportError",
     "error_for_response",
+    "invalid_body",
 ]
 
 
@@ -154,6 +158,11 @@ class ServerError(ApiError):
     """5xx: the platform failed; safe requests are retried before this is raised."""
 
 
+class InvalidResponse(ApiError):
+    """The API answered in a way the contract does not allow: a redirect, or a success whose
+    body is not the documented shape (``status_code`` is the answer's)."""
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
     413: InvalidRequest,
@@ -183,33 +192,33 @@ def error_for_response(response: httpx.Response, *, scrub: str | None = None) ->
     ``scrub`` is a secret to remove from any text copied out of the response.
     """
     status = response.status_code
-    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ApiError)
+    cls = _BY_STATUS.get(status) or (
+        ServerError if status >= 500 else InvalidResponse if status < 400 else ApiError
+    )
     errors: list[dict[str, Any]] = []
     message = response.reason_phrase or "error"
+
+    def clean(value: Any, limit: int | None = None) -> str | None:
+        """Scrubbed, then cut: a key cut in half would no longer be found."""
+        if value is None:
+            return None
+        text = str(value)
+        return (text.replace(scrub, "***") if scrub else text)[:limit]
+
     try:
         body = json.loads(response.content) if response.content else None
     except (ValueError, UnicodeDecodeError):
         body = None
-        text = response.content[:300].decode("utf-8", "replace").strip()
+        text = clean(response.content[:65536].decode("utf-8", "replace").strip(), 300)
         if text:
             message = text
     if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
         errors = [_scrubbed(e, scrub) for e in body["errors"] if isinstance(e, dict)]
     elif isinstance(body, dict) and "detail" in body:
         detail = body["detail"]
-        message = detail if isinstance(detail, str) else json.dumps(detail)[:500]
+        message = clean(detail if isinstance(detail, str) else json.dumps(detail), 500) or ""
     first = errors[0] if errors else {}
-
-    def clean(value: Any) -> str | None:
-        if value is None:
-            return None
-        text = str(value)
-        return text.replace(scrub, "***") if scrub else text
-
-    try:
-        request: httpx.Request | None = response.request
-    except RuntimeError:  # a response built by hand, without its request
-        request = None
+    request = _request_of(response)
     error = cls(
         status,
         clean(first.get("message")) or clean(message) or "error",
@@ -223,6 +232,33 @@ def error_for_response(response: httpx.Response, *, scrub: str | None = None) ->
     if isinstance(error, RateLimited):
         error.retry_after = parse_retry_after(response)
     return error
+
+
+def invalid_body(response: httpx.Response, what: str, problems: list[Any]) -> InvalidResponse:
+    """The error for a success whose body is not a valid ``what``. ``problems`` are pydantic's
+    error dicts, without inputs; the key the request carried is scrubbed from what is left
+    (a path can hold a key the server echoed as a JSON field name)."""
+    request = _request_of(response)
+    secret = request.headers.get("authorization", "").removeprefix("Bearer ") if request else ""
+    first = problems[0] if problems else {}
+    where = ".".join(str(part) for part in first.get("loc", ())) or "the body"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    text = f"the answer is not a valid {what}: {where}: {first.get('msg', 'invalid')}{more}"
+    if secret:
+        text = text.replace(secret, "***")
+    return InvalidResponse(
+        response.status_code,
+        text[:500],
+        method=request.method if request else None,
+        url=_display_url(request.url) if request else None,
+    )
+
+
+def _request_of(response: httpx.Response) -> httpx.Request | None:
+    try:
+        return response.request
+    except RuntimeError:  # a response built by hand, without its request
+        return None
 
 
 def _scrubbed(value: Any, secret: str | None) -> Any:

@@ -406,7 +406,7 @@ def _validation_message(exc: pydantic.ValidationError) -> str:
 @dataclass
 class _Backend:
     store: Store
-    token: str
+    token: str = field(repr=False)
     signer: Signer
     pipelines: dict[str, LocalPipeline]
     pipeline_json: dict[str, JSON]  # by pipeline key

@@ -297,8 +297,9 @@ def _running(home: Path) -> ServerInfo | None:
 
 
 def _child_env() -> dict[str, str]:
-    """Our environment, plus our source tree on ``PYTHONPATH`` when we run from a checkout."""
-    env = dict(os.environ)
+    """Our environment without the platform's API key (the backend and its pipelines never
+    need it), plus our source tree on ``PYTHONPATH`` when we run from a checkout."""
+    env = {name: value for name, value in os.environ.items() if name != "ATAI_API_KEY"}
     root = str(Path(__file__).resolve().parents[2])
     site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
     installed = {str(Path(p).resolve()) for p in site_dirs}

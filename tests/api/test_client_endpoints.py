@@ -34,6 +34,7 @@ from atai_magics.api.errors import (
     ConfigError,
     Conflict,
     InvalidRequest,
+    InvalidResponse,
     NotFound,
     RateLimited,
     ServerError,
@@ -1722,6 +1723,88 @@ def test_key_scrubbed_from_transport_error(api: Api, mock_api: Any) -> None:
     assert (
         str(caught.value) == "GET /batch/jobs/queue failed: ConnectError: proxy refused Bearer ***"
     )
+
+
+def test_transport_error_chains_nothing_that_holds_the_request(api: Api, mock_api: Any) -> None:
+    """``from None`` only hides a chained exception: httpx's, with the request and its
+    Authorization header, must not be reachable from the error at all."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    mock_api.handler = handler
+    with pytest.raises(TransportError) as caught:
+        api.run("get_queue")
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize("spaced", [f"  {KEY}\n", f"{KEY}\r\n", f"\t{KEY} "])
+def test_whitespace_around_the_key_is_dropped(
+    api: Api, mock_api: Any, monkeypatch: pytest.MonkeyPatch, spaced: str
+) -> None:
+    mock_api.handler = lambda request: httpx.Response(200, json={"queues": []})
+    api.client(api_key=spaced).run("get_queue")
+    monkeypatch.setenv("ATAI_API_KEY", spaced)
+    api.client(api_key=None).run("get_queue")
+    assert [r.headers["Authorization"] for r in mock_api.requests] == [f"Bearer {KEY}"] * 2
+
+
+@pytest.mark.parametrize("bad", [f"{KEY}\nX", f"sk {KEY}", f"{KEY}\x00", f"{KEY}é"])
+def test_a_key_a_header_cannot_carry_sends_nothing_and_is_not_quoted(
+    api: Api, mock_api: Any, bad: str
+) -> None:
+    with pytest.raises(ConfigError, match="header cannot carry") as caught:
+        api.client(api_key=bad).run("get_queue")
+    assert mock_api.requests == []
+    for text in _texts_of_error(caught.value):
+        assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(("x" * 290 + f" {KEY}").encode(), id="text-cut-at-300"),
+        pytest.param(json.dumps({"detail": [{"msg": "y" * 480 + KEY}]}).encode(), id="detail-500"),
+    ],
+)
+def test_an_error_text_is_scrubbed_before_it_is_cut(api: Api, mock_api: Any, body: bytes) -> None:
+    mock_api.handler = lambda request: httpx.Response(500, content=body)
+    with pytest.raises(ServerError) as caught:
+        api.client(max_retries=0).run("get_queue")
+    for text in _texts_of_error(caught.value):
+        assert KEY[:8] not in text  # not even the part left before the cut
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({**JOB, "retry_count": f"Bearer {KEY}"}, id="echo-in-a-value"),
+        pytest.param({**JOB, "parameters": {KEY: 5}}, id="echo-as-a-field-name"),
+        pytest.param(f"<html>{KEY}</html>", id="not-json"),
+    ],
+)
+def test_a_success_of_another_shape_is_invalid_response_without_the_body(
+    api: Api, mock_api: Any, body: Any
+) -> None:
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    mock_api.handler = lambda request: httpx.Response(200, content=content)
+    with pytest.raises(InvalidResponse) as caught:
+        api.run("get_job", JOB_ID)
+    error = caught.value
+    assert error.status_code == 200 and error.url == f"https://api.test/v0.5/batch/jobs/{JOB_ID}"
+    assert str(error).startswith("200: the answer is not a valid JobRecord: "), str(error)
+    assert error.__context__ is None  # pydantic's error, which holds the body, is gone
+    for text in _texts_of_error(error):
+        assert KEY not in text
+
+
+def test_a_redirect_is_an_error_not_an_answer(api: Api, mock_api: Any) -> None:
+    mock_api.handler = lambda request: httpx.Response(
+        302, headers={"Location": "https://elsewhere.test/"}, content=b"moved"
+    )
+    with pytest.raises(InvalidResponse) as caught:
+        api.run("get_job", JOB_ID)
+    assert caught.value.status_code == 302 and len(mock_api.requests) == 1  # never followed
 
 
 def test_key_not_in_config_errors(api: Api, mock_api: Any) -> None:

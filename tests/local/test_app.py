@@ -275,6 +275,12 @@ ROUTES = [
 ]
 
 
+def test_the_app_state_does_not_show_the_token(tmp_path: Path) -> None:
+    app = create_app(tmp_path / "home", TOKEN, start_scheduler=False)
+    assert TOKEN not in repr(app.state.backend) and TOKEN not in repr(vars(app.state))
+    app.state.store.close()
+
+
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 def test_every_route_requires_the_token(backend: Backend, token: str | None) -> None:
     """Every API route answers 401 in the errors envelope without the right Bearer token."""

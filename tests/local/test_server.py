@@ -137,6 +137,17 @@ def test_start_serves_with_auth_and_status_reports_it(home: Path) -> None:
     assert token not in (home / "server.log").read_text()
 
 
+def test_the_backend_process_does_not_inherit_the_platform_key(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATAI_API_KEY", "sk-platform-key-stays-here")
+    monkeypatch.setenv("ATAI_UNRELATED_SETTING", "kept")
+    info = server.start(home)
+    environ = Path(f"/proc/{info.pid}/environ").read_bytes()
+    assert b"ATAI_UNRELATED_SETTING=kept" in environ
+    assert b"sk-platform-key-stays-here" not in environ and b"ATAI_API_KEY=" not in environ
+
+
 def test_start_reuses_a_running_server(home: Path) -> None:
     first = server.start(home)
     again = server.start(home, concurrency=5, faults="error_rate=1")

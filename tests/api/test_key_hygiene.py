@@ -1,7 +1,9 @@
-"""The key stays out of the HTTP libraries' logs: a real client, a real server echoing it."""
+"""The key on real sockets: out of the HTTP libraries' logs (a server echoing it back), and
+never handed to a proxy on its way to a loopback backend."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -17,12 +19,15 @@ from atai_magics.api.errors import AuthError
 KEY = "sk-log-canary-0123456789abcdef"
 
 
-@pytest.fixture
-def echo_url() -> Iterator[str]:
-    """A server answering 401 with the request's Authorization header in a response header."""
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[str, list[str]]]:
+    """A server answering 401 with the request's Authorization header in a response header;
+    yields its URL and the request lines it received."""
+    seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            seen.append(self.requestline)
             self.send_response(401)
             self.send_header("X-Echo", self.headers.get("Authorization", ""))
             self.send_header("Content-Length", "0")
@@ -34,10 +39,16 @@ def echo_url() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v0.5"
+        yield f"http://127.0.0.1:{server.server_address[1]}/v0.5", seen
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def echo_url() -> Iterator[str]:
+    with echo_server() as (url, _):
+        yield url
 
 
 def test_debug_logs_of_an_echoing_server_never_show_the_key(
@@ -81,3 +92,31 @@ def test_other_records_pass_unchanged_and_a_gone_client_is_forgotten(
     caplog.clear()
     log.debug("headers %s", "sk-short-lived-key")
     assert caplog.records[0].getMessage() == "headers sk-short-lived-key"  # no key kept forever
+
+
+def test_a_logged_traceback_is_scrubbed_too(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = Client("http://127.0.0.1:9/v0.5", api_key="sk-traceback-key")
+    try:
+        raise ValueError("a body that held sk-traceback-key")
+    except ValueError:
+        logging.getLogger("atai_magics.ui.files").exception("listing failed")
+    assert "a body that held ***" in caplog.text and "sk-traceback-key" not in caplog.text
+    client.close()
+
+
+def test_a_proxy_from_the_environment_never_carries_a_loopback_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With HTTP_PROXY set, plain-HTTP requests to a loopback backend would go, key and all,
+    to the proxy; they go straight to the backend instead. A remote API keeps the proxy."""
+    with echo_server() as (backend_url, backend_seen), echo_server() as (proxy_url, proxy_seen):
+        proxy = proxy_url.removesuffix("/v0.5")
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        with Client(backend_url, api_key=KEY, max_retries=0) as client, pytest.raises(AuthError):
+            client.get_queue()
+        assert backend_seen and proxy_seen == []
+        assert Client("https://api.example.test", api_key=KEY)._http.trust_env
