@@ -73,6 +73,8 @@ TOKEN_FILE = "token"
 SERVER_FILE = "server.json"
 LOG_FILE = "server.log"
 LOCK_FILE = "server.lock"
+SERVING_LOCK_FILE = "serving.lock"
+"""Held by the serving process for its whole life: one server, and one scheduler, per home."""
 # What ``reset`` deletes: the store's layout (see store.py) and the server's own files.
 # An allowlist, so a home pointed at a directory with other things in it loses only ours.
 STATE_NAMES = (
@@ -296,6 +298,26 @@ def _running(home: Path) -> ServerInfo | None:
     return _info(home, data, reused=True)
 
 
+def _answering(home: Path, wait: float) -> ServerInfo | None:
+    """The recorded server, given up to ``wait`` seconds to answer if its process still lives
+    (a busy or stopped server is not replaced: two would share one store). None when it is
+    gone; ``LocalServerError`` when it lives but stays silent."""
+    deadline = time.monotonic() + wait
+    while True:
+        running = _running(home)
+        if running is not None:
+            return running
+        data = _read_server_file(home)
+        if data is None or not _pid_alive(data["pid"]) or not _is_our_server(data["pid"], data):
+            return None
+        if time.monotonic() >= deadline:
+            raise LocalServerError(
+                f"the local backend of {home} (pid {data['pid']}) is running but does not "
+                f"answer; `atai-magics local stop --home {home}` stops it"
+            )
+        time.sleep(0.2)
+
+
 def _child_env() -> dict[str, str]:
     """Our environment without the platform's API key (the backend and its pipelines never
     need it), plus our source tree on ``PYTHONPATH`` when we run from a checkout."""
@@ -344,7 +366,7 @@ def start(
         raise ValueError("concurrency must be at least 1")
     ensure_token(home_path)
     with _locked(home_path):
-        running = _running(home_path)
+        running = _answering(home_path, wait)
         if running is not None:
             return running
         (home_path / SERVER_FILE).unlink(missing_ok=True)  # stale: its process is gone
@@ -580,8 +602,40 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+@contextlib.contextmanager
+def _serving(home: Path) -> Iterator[None]:
+    """Hold ``serving.lock`` while serving, or refuse: another server of this home lives.
+
+    A POSIX record lock (``lockf``) belongs to this process alone: worker processes never
+    inherit it, and it is gone the moment the process dies, kill -9 included."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (home / SERVING_LOCK_FILE).open("a+b") as f:
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            data = _read_server_file(home) or {}
+            raise LocalServerError(
+                f"another local backend (pid {data.get('pid', '?')}) serves {home}; "
+                "not starting a second one on the same state"
+            ) from None
+        yield
+
+
 def run(home: Path, port: int, concurrency: int, faults: FaultSpec) -> None:
     """Serve in this process until SIGTERM/SIGINT; publish ``server.json`` once listening."""
+    with _serving(home):
+        _serve(home, port, concurrency, faults)
+
+
+def _serve(home: Path, port: int, concurrency: int, faults: FaultSpec) -> None:
     import uvicorn
 
     ensure_token(home)
@@ -632,7 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--concurrency", type=int, default=2)
     run_parser.add_argument("--faults", default="")
     args = parser.parse_args(argv)
-    run(_resolve_home(args.home), args.port, args.concurrency, FaultSpec.parse(args.faults))
+    try:
+        run(_resolve_home(args.home), args.port, args.concurrency, FaultSpec.parse(args.faults))
+    except LocalServerError as exc:
+        print(f"atai_magics.local.server: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

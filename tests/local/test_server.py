@@ -148,6 +148,30 @@ def test_the_backend_process_does_not_inherit_the_platform_key(
     assert b"sk-platform-key-stays-here" not in environ and b"ATAI_API_KEY=" not in environ
 
 
+@posix_only
+def test_a_silent_server_is_waited_for_never_replaced(home: Path) -> None:
+    """A stopped (or badly stalled) server still owns its store: no second one is started."""
+    info = server.start(home)
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(LocalServerError, match="is running but does not answer"):
+            server.start(home, wait=1)
+        assert json.loads((home / "server.json").read_text())["pid"] == info.pid
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
+    again = server.start(home)
+    assert again.reused and again.pid == info.pid
+
+
+def test_a_second_server_process_refuses_a_served_home(home: Path) -> None:
+    info = server.start(home)
+    command = [sys.executable, "-m", "atai_magics.local.server", "run", "--home", str(home)]
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 3, second.stderr
+    assert f"another local backend (pid {info.pid}) serves" in second.stderr
+    assert server.start(home).pid == info.pid and _alive(info.pid)
+
+
 def test_start_reuses_a_running_server(home: Path) -> None:
     first = server.start(home)
     again = server.start(home, concurrency=5, faults="error_rate=1")
@@ -298,7 +322,12 @@ def test_reset_stops_and_deletes_only_the_state(home: Path, tmp_path: Path) -> N
     assert not _alive(info.pid)
     names = {p.name for p in removed}
     assert {"state.sqlite3", "files", "outputs", "server.log"} <= names
-    assert sorted(p.name for p in home.iterdir()) == ["notes.txt", "server.lock", "token"]
+    assert sorted(p.name for p in home.iterdir()) == [
+        "notes.txt",
+        "server.lock",
+        "serving.lock",
+        "token",
+    ]
     assert server.read_token(home) == token
     assert (outside / "precious").read_text() == "keep"  # a symlink is unlinked, not followed
     assert server.start(home).pid != info.pid  # and it starts again afresh
