@@ -372,7 +372,12 @@ def _cache_dir(job_id: str) -> Path:
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One submitted job, as recorded before its card was drawn. No secrets."""
+    """One submitted job, as recorded before its card was drawn. No secrets.
+
+    A cell writes its entry twice: *pending* (``job_id`` empty) before the create request,
+    then with the id from the answer. A pending entry with no sequel is a create whose
+    answer was lost (the kernel died, the connection broke): the job may exist, and is
+    looked for by name around ``submitted_at`` (``Session.settle``)."""
 
     job_id: str
     name: str | None
@@ -383,6 +388,10 @@ class JournalEntry:
     submitted_at: str = field(
         default_factory=lambda: m.format_timestamp(datetime.now(timezone.utc))
     )
+
+    @property
+    def pending(self) -> bool:
+        return not self.job_id
 
 
 _ENTRY_FIELDS = fields(JournalEntry)
@@ -403,6 +412,8 @@ class Journal:
         self._latest: dict[tuple[str, str], JournalEntry] = {}
         """(endpoint, spec hash) -> the newest entry, for `find`."""
         self._offset = 0
+        self._inode: int | None = None
+        """The file read so far: another one in its place (removed, replaced) is read anew."""
         self._fsync: threading.Timer | None = None
 
     def record(self, entry: JournalEntry) -> None:
@@ -419,16 +430,25 @@ class Journal:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, flags, 0o600)
             try:
-                size = os.fstat(fd).st_size
+                stat = os.fstat(fd)
+                size = stat.st_size
                 # (a file read up to its end ends with a whole line: no need to look)
                 if size and size != self._offset and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a line torn by a crash must not swallow this one
-                os.write(fd, line)
+                written = os.write(fd, line)
+                while written < len(line):  # short on a full disk: the next write raises
+                    written += os.write(fd, line[written:])
                 # Nothing unread before it and nothing after it: the next read needs no I/O.
-                known = size == self._offset and os.fstat(fd).st_size == size + len(line)
+                known = (
+                    size == self._offset
+                    and stat.st_ino == (self._inode if size else stat.st_ino)
+                    and os.fstat(fd).st_size == size + len(line)
+                )
             finally:
                 os.close(fd)
             if known:
+                if not size:  # a new file: what was read before belonged to another
+                    self._entries, self._latest, self._inode = [], {}, stat.st_ino
                 self._offset += len(line)
                 self._take(entry)
             if self._fsync is None:
@@ -439,7 +459,10 @@ class Journal:
     def _sync(self) -> None:
         with self._lock:
             self._fsync = None
-        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:  # removed since: nothing of it to keep
+            return
         try:
             os.fsync(fd)
         finally:
@@ -449,9 +472,14 @@ class Journal:
         """Take in the entries appended since the last read (with the lock held); False when
         there is no journal file."""
         try:
-            if self._offset and self.path.stat().st_size == self._offset:
+            stat = self.path.stat()
+            if stat.st_ino == self._inode and stat.st_size == self._offset:
                 return True  # nothing new: a stat is cheaper than opening the file
             with self.path.open("rb", buffering=0) as file:
+                stat = os.fstat(file.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._entries, self._latest, self._offset = [], {}, 0
+                    self._inode = stat.st_ino
                 file.seek(self._offset)
                 tail = file.readall()
         except FileNotFoundError:
@@ -483,9 +511,12 @@ class Journal:
             return self._latest.get((endpoint, spec_hash)) if self._read_tail() else None
 
     def for_notebook(self, notebook: str | None, *, endpoint: str) -> list[JournalEntry]:
-        """This notebook's jobs on this endpoint, newest first (all of them if unknown)."""
-        return [
+        """This notebook's jobs on this endpoint, newest first (all of them if unknown); a
+        pending entry only when no entry with its id followed."""
+        entries = [
             e
             for e in reversed(self.entries())
             if e.endpoint == endpoint and (notebook is None or e.notebook == notebook)
         ]
+        known = {(e.spec_hash, e.submitted_at) for e in entries if not e.pending}
+        return [e for e in entries if not (e.pending and (e.spec_hash, e.submitted_at) in known)]

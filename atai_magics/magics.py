@@ -38,7 +38,9 @@ Options
   the cell. Without a live notebook front end (terminal, nbconvert, nbval, papermill) cells
   wait by default; ``ATAI_MAGICS_WAIT=0/1`` or ``%atai_config wait=never/always`` overrides.
   Ctrl-C while any cell is still submitting cancels the job if the server made it (looked up
-  and journaled first): an interrupted cell leaves no job running.
+  and journaled first): an interrupted cell leaves no job running. The journal entry is
+  written before the create request, so a create whose answer is lost (a dead kernel, a
+  broken connection) is found by name when the cell runs again, never made twice.
 - ``--timeout S``: give up waiting after S seconds (the job keeps running).
 - ``--poll S``: seconds between status checks.
 - ``--force``: submit even if this unchanged cell's job is still running (by default the

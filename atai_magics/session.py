@@ -7,6 +7,7 @@ tested) in a plain ``InteractiveShell`` or none at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import shlex
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .api.errors import AtaiError, ConfigError, CreateInterrupted, NotFound
@@ -37,6 +39,9 @@ __all__ = [
 ]
 
 Print = Callable[[str], None]
+SETTLE_BEFORE, SETTLE_AFTER = timedelta(minutes=2), timedelta(minutes=10)
+"""Around a pending entry's time, where its job's ``created_at`` may fall: clock skew before,
+the create's timeout and retries after."""
 CONNECTION_SETTINGS = frozenset(
     {"endpoint", "api_key_env", "local_home", "local_concurrency", "max_retries"}
 )
@@ -277,6 +282,10 @@ class Session:
             )
         else:
             client = self.client
+            # Written before the POST (nothing is sent if it cannot be): a create whose
+            # answer is lost is still known, and settled by name on the next run.
+            pending = JournalEntry("", request.name, client.base_url, spec_hash, notebook, cell_id)
+            journal.record(pending)
             interrupt: CreateInterrupted | None = None
             try:
                 record = client.create_job(request)
@@ -285,9 +294,7 @@ class Session:
                     self.say("\nInterrupted while submitting: no job was created.")
                     raise
                 interrupt, record = exc, exc.job
-            journal.record(
-                JournalEntry(record.id, record.name, client.base_url, spec_hash, notebook, cell_id)
-            )
+            self._journal_id(journal, pending, record.id)
             job = Job(record, client)
             if interrupt is not None:  # journaled, then cancelled: never a stray live job
                 self.interrupted(job, " while submitting")
@@ -297,10 +304,23 @@ class Session:
                 self.say(record.id)
         return job
 
+    def _journal_id(self, journal: Journal, pending: JournalEntry, job_id: str) -> None:
+        """Complete a pending entry; if the journal cannot be written now, the pending entry
+        still finds the job, so the cell goes on."""
+        try:
+            journal.record(dataclasses.replace(pending, job_id=job_id))
+        except OSError as exc:
+            self.say(
+                f"Warning: the journal could not record job {job_id} ({exc}); a re-run of "
+                "this cell finds the job by its name."
+            )
+
     def _live_job_of(self, spec_hash: str, journal: Journal | None = None) -> Job | None:
         if journal is None:
             journal = self.journal
         entry = journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
+        if entry is not None and entry.pending:
+            entry = self.settle(entry, journal)
         if entry is None:
             return None
         from .jobs import Job
@@ -310,6 +330,27 @@ class Session:
         except NotFound:
             return None
         return None if job.done else job
+
+    def settle(self, entry: JournalEntry, journal: Journal | None = None) -> JournalEntry | None:
+        """A pending entry's job, looked for by name among the jobs created around its
+        ``submitted_at`` (and then journaled); None when the create made none."""
+        if not entry.name:
+            return None
+        try:  # written by format_timestamp: RFC 3339 with a Z
+            sent = datetime.fromisoformat(entry.submitted_at.removesuffix("Z") + "+00:00")
+        except ValueError:
+            return None
+        since, until = sent - SETTLE_BEFORE, sent + SETTLE_AFTER
+        page = self.client.list_jobs(q=entry.name, limit=100)
+        made = sorted(
+            (job for job in page.jobs if job.name == entry.name and job.created_at is not None),
+            key=lambda job: job.created_at or since,
+        )
+        found = next((job for job in made if since <= (job.created_at or since) <= until), None)
+        if found is None:
+            return None
+        self._journal_id(journal or self.journal, entry, found.id)
+        return dataclasses.replace(entry, job_id=found.id)
 
     def _note(self, options: CellOptions, text: str) -> None:
         if not options.quiet:
@@ -372,7 +413,11 @@ class Session:
         return Job.attach(job_id, self.client)
 
     def notebook_jobs(self, notebook: str | None) -> list[JournalEntry]:
-        return self.journal.for_notebook(notebook, endpoint=self.endpoint)
+        """This notebook's journaled jobs, newest first; a pending entry (a create whose
+        answer was lost) is settled first, and left out when it made no job."""
+        entries = self.journal.for_notebook(notebook, endpoint=self.endpoint)
+        settled = (self.settle(e) if e.pending else e for e in entries)
+        return [e for e in settled if e is not None]
 
 
 def _progress_line(job: Job) -> str:

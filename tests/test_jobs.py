@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -198,3 +200,47 @@ def test_journal_is_durable_and_keeps_no_secrets(tmp_path: Path) -> None:
         "cell",
         "submitted_at",
     }
+
+
+def _entry(job_id: str, spec_hash: str = "h") -> JournalEntry:
+    return JournalEntry(job_id, job_id, "http://127.0.0.1:1/v0.5", spec_hash)
+
+
+def test_a_journal_removed_or_replaced_is_read_afresh(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.record(_entry("job_1"))
+    journal.record(_entry("job_2"))
+    assert [e.job_id for e in journal.entries()] == ["job_1", "job_2"]
+    journal.path.unlink()
+    Journal(journal.path).record(_entry("job_3"))  # another kernel starts a new file
+    assert [e.job_id for e in journal.entries()] == ["job_3"]
+    journal.record(_entry("job_4"))
+    assert [e.job_id for e in journal.entries()] == ["job_3", "job_4"]
+    replacement = tmp_path / "restored.jsonl"
+    Journal(replacement).record(_entry("job_5"))
+    replacement.replace(journal.path)  # restored from a backup: another file, shorter
+    assert [e.job_id for e in journal.entries()] == ["job_5"]
+    assert journal.find(endpoint="http://127.0.0.1:1/v0.5", spec_hash="h").job_id == "job_5"
+
+
+def test_a_short_write_on_a_full_disk_raises_and_tears_nothing_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.record(_entry("job_1"))
+    real_write = os.write
+    calls: list[int] = []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:10])  # part of the line fits ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... the rest does not
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        journal.record(_entry("job_2"))
+    monkeypatch.setattr(os, "write", real_write)
+    journal.record(_entry("job_3"))
+    assert [e.job_id for e in Journal(journal.path).entries()] == ["job_1", "job_3"]
+    assert [e.job_id for e in journal.entries()] == ["job_1", "job_3"]

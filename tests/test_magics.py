@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from atai_magics.api import models as m
+from atai_magics.api.errors import AmbiguousCreateError
 from atai_magics.jobs import Job
 from atai_magics.magics import AtaiMagics
 from atai_magics.session import JobFailed, OptionsError
@@ -141,6 +142,78 @@ config:
 """
 
 
+def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
+    shell: Any, capsys: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The POST reached the backend, but its answer never reached the journal (the kernel
+    died, the connection broke): the pending entry written before it finds the job."""
+    session = shell.user_ns["magics"].session
+    client = session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+    create_job = client.create_job
+
+    def answer_lost(request: Any) -> Any:
+        create_job(request)  # the job is made on the backend ...
+        raise AmbiguousCreateError("the connection broke")  # ... and its answer is lost
+
+    monkeypatch.setattr(client, "create_job", answer_lost)
+    creates = local_backend.handled("create_job")
+    with pytest.raises(AmbiguousCreateError):
+        shell.run_cell_magic("atai_job", "lost", _slow_cell(tag))
+    monkeypatch.setattr(client, "create_job", create_job)
+    [made] = _jobs_named(client, f"slow-{tag}")
+    assert [e.job_id for e in session.journal.entries()] == [""]  # pending: no id came back
+    assert [e.job_id for e in session.notebook_jobs(None)] == [made.id]  # settled by name
+
+    shell.run_cell_magic("atai_job", "again", _slow_cell(tag))
+    assert shell.user_ns["again"].id == made.id
+    assert f"Attached to live job {made.id}" in capsys.readouterr().out
+    assert local_backend.handled("create_job") == creates + 1
+    assert _jobs_named(client, f"slow-{tag}") == [client.get_job(made.id)]
+    shell.user_ns["again"].cancel()
+
+
+def test_a_journal_that_cannot_be_written_sends_nothing_then_only_warns(
+    shell: Any, capsys: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = shell.user_ns["magics"].session
+    client = session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+    journal = session.journal
+    record = journal.record
+    writes: list[str] = []
+
+    def full_disk_from(write: int) -> Any:
+        def attempt(entry: Any) -> None:
+            writes.append(entry.job_id)
+            if len(writes) >= write:
+                raise OSError(28, "No space left on device")
+            record(entry)
+
+        return attempt
+
+    creates = local_backend.handled("create_job")
+    monkeypatch.setattr(journal, "record", full_disk_from(1))
+    with pytest.raises(OSError, match="No space left"):  # the pending entry: nothing is sent
+        shell.run_cell_magic("atai_job", "never", _slow_cell(tag))
+    assert local_backend.handled("create_job") == creates and "never" not in shell.user_ns
+
+    writes.clear()
+    monkeypatch.setattr(journal, "record", full_disk_from(2))  # the entry with the id fails
+    shell.run_cell_magic("atai_job", "made", _slow_cell(tag))
+    made = shell.user_ns["made"]
+    assert f"the journal could not record job {made.id}" in capsys.readouterr().out
+    monkeypatch.setattr(journal, "record", record)
+    shell.run_cell_magic("atai_job", "again", _slow_cell(tag))  # found by its pending entry
+    assert shell.user_ns["again"].id == made.id
+    assert local_backend.handled("create_job") == creates + 1
+    made.cancel()
+
+
 def test_rerun_of_an_unchanged_live_cell_attaches(shell: Any, capsys: Any) -> None:
     client = shell.user_ns["magics"].session.client
     tag = uuid.uuid4().hex[:8]
@@ -222,7 +295,7 @@ def test_ctrl_c_while_submitting_cancels_the_job_the_create_made(
     assert job.status == m.JobStatus.CANCELLED
     assert f"Interrupted while submitting: job {job.id} cancelled." in capsys.readouterr().out
     entries = session.journal.entries()
-    assert [e.job_id for e in entries if e.name == f"slow-{tag}"] == [job.id]
+    assert [e.job_id for e in entries if e.name == f"slow-{tag}"] == ["", job.id]  # pending, id
     assert f"job_{tag}" not in shell.user_ns  # the cell failed before it had a handle to bind
 
 
