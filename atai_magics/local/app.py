@@ -42,9 +42,12 @@ import importlib
 import inspect
 import json
 import logging
+import math
+import os
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,8 +63,8 @@ import pydantic
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from atai_magics.api import models as m
@@ -361,23 +364,66 @@ def _int_param(request: Request, name: str, default: int | None, minimum: int = 
     return value
 
 
-def _unencodable_string(value: Any) -> bool:
-    """Whether a parsed JSON value holds a string (or key) UTF-8 cannot encode (a lone
+DOWNLOAD_CHUNK = 1024 * 1024
+
+
+async def _file_response(path: Path, filename: str | None = None) -> Response:
+    """A stored file's bytes, read from a handle opened here: a delete racing the download
+    then either comes first (404) or leaves this handle its bytes (POSIX keeps an unlinked
+    file while it is open), never a half-sent answer."""
+    try:
+        handle = await run_in_threadpool(path.open, "rb")
+    except FileNotFoundError:
+        raise ApiFailure(404, "not_found", "The file was deleted") from None
+    size = os.fstat(handle.fileno()).st_size
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await run_in_threadpool(handle.read, DOWNLOAD_CHUNK):
+                yield chunk
+        finally:
+            handle.close()
+
+    headers = {"content-length": str(size)}
+    if filename is not None:
+        quoted = urllib.parse.quote(filename)
+        headers["content-disposition"] = (
+            f'attachment; filename="{filename}"'
+            if quoted == filename
+            else f"attachment; filename*=utf-8''{quoted}"
+        )
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+MAX_JSON_DEPTH = 64
+"""Nesting a JSON body may have: far more than any job needs, and well under the depth where
+storing it would fail (pydantic's serialiser stops at 255)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_problem(value: Any) -> str | None:
+    """What makes a parsed body unfit to store, or None: nesting deeper than MAX_JSON_DEPTH,
+    a number too large for a float (``1e999``), a string (or key) UTF-8 cannot encode (a lone
     surrogate from a ``\ud800`` escape). Iterative: JSON nests as deep as the parser allows."""
-    stack = [value]
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "a number is too large"
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return True
-    return False
+                return "a string is not valid Unicode (lone surrogate escape)"
+    return None
 
 
 def _offset_limit(request: Request, default_limit: int = 100) -> tuple[int, int]:
@@ -453,6 +499,8 @@ class _Backend:
                 return error_response(403, exc.code, exc.message)
             except _TooLarge:
                 return error_response(413, "payload_too_large", "Request body is too large")
+            except ClientDisconnect:  # the client hung up mid-body: nobody reads an answer
+                return Response(status_code=400)
             except Exception:
                 _log.exception("Unhandled error on %s %s", request.method, request.url.path)
                 return error_response(500, "internal_error", "Internal server error")
@@ -485,19 +533,16 @@ class _Backend:
         if not body.strip():
             return None
         try:
-            parsed = json.loads(bytes(body))
+            parsed = json.loads(bytes(body), parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiFailure(400, "invalid_json", f"Malformed JSON body: {exc}") from None
         except RecursionError:
             raise ApiFailure(
                 400, "invalid_json", "Malformed JSON body: nested too deeply"
             ) from None
-        if _unencodable_string(parsed):
-            raise ApiFailure(
-                400,
-                "invalid_json",
-                "Malformed JSON body: a string is not valid Unicode (lone surrogate escape)",
-            )
+        problem = _json_problem(parsed)
+        if problem:
+            raise ApiFailure(400, "invalid_json", f"Malformed JSON body: {problem}")
         return parsed
 
     async def model_body(self, request: Request, model: type[pydantic.BaseModel]) -> Any:
@@ -720,9 +765,7 @@ class _Backend:
         if output.get("job_id") != job_id:
             raise ApiFailure(404, "not_found", f"Output {output_id} not found in job {job_id}")
         path = await run_in_threadpool(self.store.output_path, output_id)
-        return FileResponse(
-            path, media_type="application/octet-stream", filename=output["data"]["filename"]
-        )
+        return await _file_response(path, output["data"]["filename"])
 
     # --- pipelines ---
 
@@ -834,7 +877,7 @@ class _Backend:
         file_id = request.path_params["file_id"]
         await run_in_threadpool(self.store.get_file, file_id)
         path = await run_in_threadpool(self.store.file_path, file_id)
-        return FileResponse(path, media_type="application/octet-stream")
+        return await _file_response(path)
 
     async def files_info(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.store.files_info))
@@ -929,7 +972,12 @@ class _Backend:
 
     async def put_part(self, request: Request) -> Response:
         upload_id = request.path_params["upload_id"]
-        number = request.path_params["part_number"]
+        raw = request.path_params["part_number"]
+        # Parsed here, not by the route: Starlette's int converter fails (a 500) on a number
+        # of thousands of digits, which a signed URL never has but a forged one may.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+            raise ApiFailure(404, "not_found", f"No part {raw[:20]!r} of upload {upload_id}")
+        number = int(raw)
         upload = await run_in_threadpool(self.store.get_upload, upload_id)
         chunks = _limited(_sync_chunks(request), int(upload["part_size"]))
         try:
@@ -1003,7 +1051,7 @@ class _Backend:
                 f"{uploads}/{{upload_id}}/parts/checkpoint", e(self.checkpoint), methods=["POST"]
             ),
             Route(
-                f"{uploads}/{{upload_id}}/parts/{{part_number:int}}",
+                f"{uploads}/{{upload_id}}/parts/{{part_number}}",  # not :int, see put_part
                 e(self.put_part, "signed"),
                 methods=["PUT"],
             ),

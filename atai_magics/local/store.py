@@ -135,6 +135,8 @@ Clock = Callable[[], datetime]
 SCHEMA_VERSION = 2
 API_PREFIX = "/v0.5"
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000
+"""Parts a direct upload may have (S3's limit): the initiate answer signs a URL for each."""
 MAX_PAGE = 1000
 UPLOAD_TTL = timedelta(days=7)
 _CHUNK = 1024 * 1024
@@ -2346,6 +2348,11 @@ class Store:
         _require_text(file_type, "file_type")
         if _int_arg(part_size, "part_size") < 1:
             raise InvalidRequest("part_size must be positive")
+        if -(-num_bytes // part_size) > MAX_PARTS:
+            raise InvalidRequest(
+                f"num_bytes {num_bytes} is larger than a direct upload can be here: "
+                f"{MAX_PARTS} parts of {part_size} bytes ({MAX_PARTS * part_size} bytes)"
+            )
         with self._tx() as conn:
             if conn.execute("SELECT 1 FROM files WHERE file_id = ?", (filename,)).fetchone():
                 raise FileExists(f"File already exists: {filename}")
@@ -2408,12 +2415,15 @@ class Store:
         return out
 
     def part_urls(self, upload_id: str, part_numbers: Sequence[int]) -> JSON:
-        """``parts/urls``: a PartUrlsResponse dict, in request order."""
+        """``parts/urls``: a PartUrlsResponse dict, in request order, each part once."""
+        wanted = list(dict.fromkeys(part_numbers))
+        if len(wanted) > MAX_PARTS:
+            raise InvalidRequest(f"At most {MAX_PARTS} part numbers at a time")
         with self._tx(write=False) as conn:
             upload = self._active_upload(conn, upload_id)
-        for n in part_numbers:
+        for n in wanted:
             self._check_part_number(upload, n)
-        return {"parts": [self._part(upload, n) for n in part_numbers]}
+        return {"parts": [self._part(upload, n) for n in wanted]}
 
     @staticmethod
     def _check_part_number(upload: sqlite3.Row, number: int) -> None:

@@ -1,10 +1,12 @@
 """Hostile input against a real local backend in its own process, over raw HTTP.
 
-Path-like, NUL, very long and odd-Unicode ids on every route; oversized and malformed bodies;
-forged, expired, tampered and replayed signed URLs; missing and wrong tokens on every route
-(enumerated from the Starlette app, so new routes are covered automatically). After each
-attack: the right status, the ``{"errors": [...]}`` envelope, nothing written outside the
-home, and a server that still works.
+Path-like, NUL, very long and odd-Unicode ids on every route; oversized, malformed, non-finite
+and deeply nested bodies; part numbers of thousands of digits; absurd upload sizes; downloads
+racing deletes; a client hanging up mid-body; forged, expired, tampered and replayed signed
+URLs; missing and wrong tokens on every route (enumerated from the Starlette app, so new
+routes are covered automatically); an input name so long its output name must be cut. After
+each attack: the right status, the ``{"errors": [...]}`` envelope, nothing written outside
+the home, no unhandled error in the server's log, and a server that still works.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import inspect
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +176,7 @@ def _multipart(filename_header: str, content: bytes = CSV, ctype: str = "text/cs
 
 
 MULTIPART = {"Content-Type": "multipart/form-data; boundary=BOUND"}
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 def _upload(http: httpx.Client, name: str, content: bytes = CSV) -> httpx.Response:
@@ -771,6 +776,150 @@ def test_signed_part_url_attacks(
         assert http.post(f"/v0.5/files/uploads/{upload['upload_id']}/abort").status_code == 200
 
 
+def test_a_part_number_of_thousands_of_digits_is_refused(
+    backend: LocalBackend, http: httpx.Client, anon: httpx.Client
+) -> None:
+    """Even genuinely signed: the route must not choke turning it into an int (a 500)."""
+    upload = http.post(
+        "/v0.5/files/uploads/initiate",
+        json={"filename": f"{MARKER}-digits.csv", "file_type": "text/csv", "num_bytes": 4},
+    ).json()
+    root, signer = _root(backend), Signer(backend.info.token())
+    for number in ("9" * 4400, "0" * 20 + "1", "\u0661", "-1", "1.0"):
+        path = f"/v0.5/files/uploads/{upload['upload_id']}/parts/{quote(number)}"
+        _envelope(anon.put(root + signer.sign("PUT", path)[0], content=b"t,a\n"), 404)
+        _envelope(anon.put(root + path, content=b"t,a\n"), 403, "access_denied")
+    assert http.post(f"/v0.5/files/uploads/{upload['upload_id']}/abort").status_code == 200
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"x": value}
+    return value
+
+
+def test_non_finite_numbers_and_deep_nesting_are_400(http: httpx.Client) -> None:
+    """Python's json reads NaN, Infinity and 1e999; none is JSON, and none may be stored as
+    null. Nesting deep enough to break storing the job is refused before it is stored."""
+    before = http.get("/v0.5/batch/jobs").json()["total"]
+    text = json.dumps(_msc_body())
+    assert '"window_size": 8' in text
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999", "-1e400"):
+        body = text.replace('"window_size": 8', f'"window_size": {literal}')
+        response = http.post("/v0.5/batch/jobs", content=body, headers=JSON_TYPE)
+        _envelope(response, 400, "invalid_json")
+    for depth in (65, 300, 900):
+        deep = _msc_body()
+        deep["parameters"]["worker"]["config"]["extra"] = _nested(depth)
+        response = http.post("/v0.5/batch/jobs", content=json.dumps(deep), headers=JSON_TYPE)
+        assert "nested" in _envelope(response, 400, "invalid_json")["message"]
+        deep = _msc_body()
+        deep["inputs"]["worker.inference"][0]["metadata"] = _nested(depth)
+        response = http.post("/v0.5/batch/jobs", content=json.dumps(deep), headers=JSON_TYPE)
+        _envelope(response, 400, "invalid_json")
+    assert http.get("/v0.5/batch/jobs").json()["total"] == before
+
+
+def test_an_upload_of_absurd_size_or_part_lists_is_refused_at_once(http: httpx.Client) -> None:
+    for num_bytes in (2**63 - 1, 10**15):
+        response = http.post(
+            "/v0.5/files/uploads/initiate",
+            json={
+                "filename": f"{MARKER}-huge.bin",
+                "file_type": "video/mp4",
+                "num_bytes": num_bytes,
+            },
+        )
+        _envelope(response, 400)
+    upload = http.post(
+        "/v0.5/files/uploads/initiate",
+        json={"filename": f"{MARKER}-parts.csv", "file_type": "text/csv", "num_bytes": 4},
+    ).json()
+    urls = f"/v0.5/files/uploads/{upload['upload_id']}/parts/urls"
+    response = http.post(urls, json={"part_numbers": [1] * 200_000})
+    assert response.status_code == 200 and len(response.json()["parts"]) == 1  # each part once
+    assert http.post(f"/v0.5/files/uploads/{upload['upload_id']}/abort").status_code == 200
+
+
+def test_downloads_racing_deletes_are_whole_or_404(http: httpx.Client) -> None:
+    """A file deleted while it is downloaded: a whole answer or a 404, never a 500 or a cut."""
+    name = f"{MARKER}-race.csv"
+    stop = threading.Event()
+    statuses: list[int] = []
+    wrong: list[str] = []
+
+    def client() -> httpx.Client:
+        return httpx.Client(base_url=http.base_url, headers=http.headers, timeout=30)
+
+    def churn() -> None:
+        with client() as own:
+            while not stop.is_set():
+                _upload(own, name)
+                assert own.delete(f"/v0.5/files/delete/{name}").status_code == 200
+
+    def download() -> None:
+        with client() as own:
+            for _ in range(400):
+                try:
+                    response = own.get(f"/v0.5/files/download/{name}")
+                except httpx.HTTPError as exc:  # a body cut short
+                    wrong.append(repr(exc))
+                    continue
+                statuses.append(response.status_code)
+                if response.status_code == 200 and response.content != CSV:
+                    wrong.append(f"{len(response.content)} bytes")
+
+    workers = [threading.Thread(target=churn)] + [threading.Thread(target=download) for _ in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers[1:]:
+        worker.join()
+    stop.set()
+    workers[0].join()
+    assert set(statuses) <= {200, 404} and wrong == [], (sorted(set(statuses)), wrong[:3])
+
+
+def test_a_long_input_name_gets_an_output_name_that_fits(
+    http: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    long_name = MARKER + "l" * (250 - len(MARKER)) + ".csv"  # 254 bytes: a valid id
+    assert _upload(http, long_name).status_code == 200
+    body = _msc_body(long_name, "normal.csv")
+    columns = {"data_columns": ["a", "b"], "timestamp_column": "timestamp"}
+    body["parameters"]["worker"]["config"] = {
+        "reader_config": {**columns, "window_size": 8, "step_size": 1}
+    }
+    job = http.post("/v0.5/batch/jobs", json=body).json()
+    deadline = time.monotonic() + 120
+    while (record := http.get(f"/v0.5/batch/jobs/{job['id']}").json())["status"] not in (
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+    ):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    events = http.get(f"/v0.5/batch/jobs/{job['id']}/events").json()["events"]
+    assert record["status"] == "COMPLETED", [e["message"] for e in events]
+    names = [
+        o["data"]["filename"]
+        for o in http.get(f"/v0.5/batch/jobs/{job['id']}/outputs").json()["outputs"]
+    ]
+    assert names and all(len(n.encode()) <= 255 and "_part_" in n for n in names), names
+
+
+def test_a_client_hanging_up_mid_body_is_no_server_error(backend: LocalBackend) -> None:
+    host, port = urlsplit(_root(backend)).hostname, urlsplit(_root(backend)).port
+    head = (
+        f"POST /v0.5/batch/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {backend.info.token()}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(head.encode() + b'{"name": "half')
+    time.sleep(0.5)
+    assert "Unhandled error" not in backend.info.log_file.read_text(errors="replace")
+
+
 # --- tokens on every route ------------------------------------------------------------------
 
 
@@ -833,7 +982,9 @@ def test_every_route_refuses_missing_and_wrong_tokens(
 
 
 def test_zz_server_still_healthy(backend: LocalBackend, http: httpx.Client) -> None:
-    """Runs last (module order): health, a small upload and a job still work."""
+    """Runs last (module order): health, a small upload and a job still work, and nothing
+    in the module made the server fail (an unhandled error is logged with its traceback)."""
+    assert "Unhandled error" not in backend.info.log_file.read_text(errors="replace")
     health = http.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     name_a, name_b = f"{MARKER}-after-a.csv", f"{MARKER}-after-b.csv"

@@ -28,6 +28,7 @@ from .base import (
     RunContext,
     deep_merge,
     fail_input,
+    part_name,
     port,
     schema_defaults,
 )
@@ -434,7 +435,7 @@ def process_file(
             input_id=f.input_id,
             index=batch_no,
         )
-    name = f"pred_{PurePath(f.file_id).stem}_part_0.jsonl"
+    name = part_name(f.file_id, 0, ".jsonl")
     ctx.write_output(RESULT_PORT, name, out.getvalue().encode("utf-8"), input_id=f.input_id)
     ctx.input_status(f.input_id, "completed")
     ctx.event(

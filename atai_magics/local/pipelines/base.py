@@ -10,9 +10,10 @@ with an in-memory context.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 
@@ -82,6 +83,24 @@ def fail_input(ctx: RunContext, f: InputFile, message: str) -> None:
         input_id=f.input_id,
         payload={"error": message},
     )
+
+
+MAX_NAME_BYTES = 255
+"""The store's limit on a file name (``validate_file_id``), outputs included."""
+
+
+def part_name(file_id: str, part: int, suffix: str) -> str:
+    """``pred_<input stem>_part_<n><suffix>``, the platform's output name. A stem too long for
+    the whole to fit in MAX_NAME_BYTES is cut (whole characters) and tagged with a short hash
+    of itself, so two long inputs never share a name."""
+    stem = PurePath(file_id).stem
+    name = f"pred_{stem}_part_{part}{suffix}"
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    tag = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    room = MAX_NAME_BYTES - len(f"pred__{tag}_part_{part}{suffix}".encode())
+    short = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"pred_{short}_{tag}_part_{part}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from .base import (
     RunContext,
     deep_merge,
     fail_input,
+    part_name,
     port,
     schema_defaults,
 )
@@ -312,7 +312,6 @@ class _PartWriter:
         self, ctx: RunContext, s: Settings, f: InputFile, total: int, steps: Iterator[int]
     ) -> None:
         self._ctx, self._s, self._f, self._total, self._steps = ctx, s, f, total, steps
-        self._stem = PurePath(f.file_id).stem
         self._timestamps: list[str] = []
         self._labels: list[str] = []
         self.parts = 0
@@ -336,7 +335,7 @@ class _PartWriter:
         writer.writerow([self._s.timestamp_column, "Prediction"])
         writer.writerows(zip(self._timestamps[:n], self._labels[:n], strict=True))
         del self._timestamps[:n], self._labels[:n]
-        name = f"pred_{self._stem}_part_{self.parts}.csv"
+        name = part_name(self._f.file_id, self.parts, ".csv")
         ctx, fid, iid = self._ctx, self._f.file_id, self._f.input_id
         ctx.write_output(RESULTS_PORT, name, buf.getvalue().encode("utf-8"), input_id=iid)
         self.written += n
