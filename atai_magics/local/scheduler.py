@@ -86,6 +86,8 @@ _log = logging.getLogger(__name__)
 ACTIVE = ("ADMITTED", "RUNNING")
 POLL_SECONDS = 0.2
 KILL_AFTER_SECONDS = 1.0
+RECONCILE_SECONDS = 5.0
+"""How often the loop looks for jobs the store has running that no worker of ours runs."""
 CANCEL_CACHE_SECONDS = 0.1
 CRASH_EXIT_CODE = 137  # what an OOM-killed pod reports
 WORKER_NICENESS = 10
@@ -392,6 +394,9 @@ class _RunningJob:
     started: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # set once the workers are being terminated
     reset_inputs: bool = False  # cancelled: processing inputs go back to pending when gone
+    settle: Callable[[], None] | None = None
+    """The end this job is to have in the store (FAILED...): the job is forgotten only once
+    it is recorded, tried again on every pass until then (a full disk, a locked database)."""
 
     def alive(self) -> list[BaseProcess]:
         return [w.process for w in self.workers if w.process.is_alive()]
@@ -534,11 +539,15 @@ class Scheduler:
             process.crash_report()
 
     def _loop(self) -> None:
+        reconciled = time.monotonic()
         while not self._stopping.is_set():
             try:
                 self._supervise()
                 if not self._stopping.is_set():
                     self._admit()
+                if time.monotonic() - reconciled >= RECONCILE_SECONDS:
+                    reconciled = time.monotonic()
+                    self._reconcile()
             except Exception:  # keep scheduling; a store hiccup must not end the backend
                 _log.exception("local scheduler iteration failed")
             self._wake.wait(POLL_SECONDS)
@@ -549,7 +558,22 @@ class Scheduler:
             job = self.store.admit_next(self.concurrency)
             if job is None:
                 return
-            self._launch(job)
+            try:
+                self._launch(job)
+            except Exception as exc:  # admitted, so it must not stay ADMITTED with no workers
+                _log.exception("could not launch %s", job["id"])
+                self._fail(str(job["id"]), f"Could not start the job: {exc}", "SchedulerError")
+
+    def _reconcile(self) -> None:
+        """Fail a job the store has ADMITTED or RUNNING but no worker of this scheduler runs
+        (every write that should have ended it failed): it would hold a slot forever."""
+        for status in ACTIVE:
+            page = self.store.list_jobs(status=status, limit=None)
+            with self._lock:
+                orphans = [j["id"] for j in page["jobs"] if j["id"] not in self._jobs]
+            for job_id in orphans:
+                _log.warning("job %s was %s with no workers: failing it", job_id, status)
+                self._fail(job_id, "The local scheduler lost this job's workers", "SchedulerError")
 
     def _fail(self, job_id: str, message: str, kind: str) -> None:
         with contextlib.suppress(StateConflict, NotFound):
@@ -694,24 +718,30 @@ class Scheduler:
         codes = [w.process.exitcode for w in job.workers]
         failure = next((m for w in job.workers if (m := self._failure_message(w))), None)
         if failure is not None:
-            self._terminate(job)
-            self._fail_processing_inputs(job.job_id, failure)
-            self._fail(job.job_id, failure, "PipelineFailure")
+
+            def failed() -> None:
+                self._fail_processing_inputs(job.job_id, failure)
+                self._fail(job.job_id, failure, "PipelineFailure")
+
+            self._end(job, failed)
             return
         crashed = [c for c in codes if c is not None and c != 0]
         if crashed:
             code = crashed[0] if crashed[0] > 0 else 128 - crashed[0]
-            self._terminate(job)
-            self._fail_processing_inputs(job.job_id, BACKOFF_MESSAGE)
-            with contextlib.suppress(StateConflict, NotFound):
-                self._report_crash(job)
-                self.store.add_event(
-                    job.job_id,
-                    "ERROR",
-                    "pod.terminated",
-                    f"Container worker terminated: exit={code}",
-                )
-                self._fail(job.job_id, BACKOFF_MESSAGE, "BackoffLimitExceeded")
+
+            def crashed_out() -> None:
+                self._fail_processing_inputs(job.job_id, BACKOFF_MESSAGE)
+                with contextlib.suppress(StateConflict, NotFound):
+                    self._report_crash(job)
+                    self.store.add_event(
+                        job.job_id,
+                        "ERROR",
+                        "pod.terminated",
+                        f"Container worker terminated: exit={code}",
+                    )
+                    self._fail(job.job_id, BACKOFF_MESSAGE, "BackoffLimitExceeded")
+
+            self._end(job, crashed_out)
             return
         if all(c == 0 for c in codes):
             seconds = round(time.monotonic() - job.started)
@@ -722,6 +752,24 @@ class Scheduler:
                     event=("SUCCESS", "job.completed", f"Job completed in {seconds}s"),
                 )
             self._forget(job)
+
+    def _end(self, job: _RunningJob, settle: Callable[[], None]) -> None:
+        """Stop a job's workers and record how it ended (now, or on a later pass)."""
+        job.settle = settle
+        self._terminate(job)
+        self._settled(job)
+
+    def _settled(self, job: _RunningJob) -> bool:
+        """Whether the job's end is recorded (trying it now if it is not yet)."""
+        if job.settle is None:
+            return True
+        try:
+            job.settle()
+        except Exception:
+            _log.exception("recording the end of %s failed; trying again", job.job_id)
+            return False
+        job.settle = None
+        return True
 
     def _report_crash(self, job: _RunningJob) -> None:
         """Record why the first crashed worker died, unless it recorded that itself."""
@@ -785,7 +833,7 @@ class Scheduler:
             for process in alive:
                 process.join(KILL_AFTER_SECONDS)
             alive = job.alive()
-        if alive:
+        if alive or not self._settled(job):
             return
         if job.reset_inputs:
             self._set_processing(job.job_id, "pending")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import slow_pipeline
 import stubborn_pipeline
 
+from atai_magics.local import scheduler as scheduler_module
 from atai_magics.local.pipelines import LocalPipeline, builtin_pipelines
 from atai_magics.local.scheduler import BACKOFF_MESSAGE, WORKER_NICENESS, Scheduler
 from atai_magics.local.store import Store
@@ -284,6 +286,66 @@ def test_pipeline_failure_fails_job(make_scheduler: Make) -> None:
     assert messages(store, job_id, "FAILED") == [f"Job failed: {message}"]
     assert [i["status"] for i in inputs(store, job_id, "worker.inference")] == ["pending"]
     wait_for(lambda: not scheduler.running(), what="workers reaped")
+
+
+def _failing_once(
+    monkeypatch: pytest.MonkeyPatch, store: Store, method: str, when: Callable[..., bool]
+) -> list[str]:
+    """``store.<method>`` raises a database error the first time ``when(*args)`` holds."""
+    real = getattr(store, method)
+    failed: list[str] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if not failed and when(*args):
+            failed.append(str(args[0]))
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, flaky)
+    return failed
+
+
+def test_a_failed_write_of_a_jobs_end_is_tried_again(
+    make_scheduler: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, scheduler = make_scheduler(concurrency=1)
+    failed = _failing_once(monkeypatch, store, "transition", lambda _, to: to == "FAILED")
+    job_id = slow_job(store, scheduler, fail="the sensor file is empty")
+    job = wait_status(store, job_id, "FAILED")  # not RUNNING forever with no workers
+    assert failed == [job_id] and job["error"]["type"] == "PipelineFailure"
+    after = slow_job(store, scheduler, "after.txt", seconds=0)  # its slot was freed
+    assert wait_status(store, after, "COMPLETED", "FAILED")["status"] == "COMPLETED"
+
+
+def test_a_job_whose_launch_failed_is_failed_not_left_admitted(
+    make_scheduler: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, scheduler = make_scheduler(concurrency=1)
+    starting = _failing_once(
+        monkeypatch, store, "add_event", lambda *args: str(args[3]).startswith("Starting")
+    )
+    job_id = slow_job(store, scheduler, seconds=0)
+    job = wait_status(store, job_id, "FAILED")
+    assert starting == [job_id] and job["error"]["type"] == "SchedulerError"
+    assert "disk I/O error" in job["error"]["message"]
+    after = slow_job(store, scheduler, "after.txt", seconds=0)
+    assert wait_status(store, after, "COMPLETED", "FAILED")["status"] == "COMPLETED"
+
+
+def test_a_job_left_admitted_with_no_workers_is_failed_by_the_reconciler(
+    make_scheduler: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write that should have ended it failed: the loop still finds it later."""
+    monkeypatch.setattr(scheduler_module, "RECONCILE_SECONDS", 0.3)
+    store, scheduler = make_scheduler(concurrency=1)
+    _failing_once(monkeypatch, store, "add_event", lambda *a: str(a[3]).startswith("Starting"))
+    _failing_once(monkeypatch, store, "transition", lambda _, to: to == "FAILED")
+    job_id = slow_job(store, scheduler, seconds=0)
+    job = wait_status(store, job_id, "FAILED")
+    assert job["error"] == {
+        "message": "The local scheduler lost this job's workers",
+        "type": "SchedulerError",
+    }
 
 
 def test_injected_crash_fails_with_backoff_limit(make_scheduler: Make) -> None:
