@@ -856,7 +856,8 @@ class Store:
     # --- crash recovery of bytes ---
 
     def _sweep(self) -> None:
-        """Remove temp files of dead processes and bytes whose row never committed.
+        """Remove temp files of dead processes, bytes whose row never committed, and direct
+        uploads abandoned past their ``expires_at`` (``UPLOAD_TTL`` after they began).
 
         Runs holding the write lock: final names are only created inside a write transaction,
         so an orphan seen now cannot belong to a writer that is still going to commit.
@@ -875,6 +876,16 @@ class Store:
                     shutil.rmtree(directory, ignore_errors=True)
                 elif not directory.name.startswith(_TMP_PREFIX) or _tmp_is_stale(directory):
                     directory.unlink(missing_ok=True)  # outputs are spooled here
+            now = self._now()
+            expired = [
+                upload_id
+                for upload_id, expires_at in conn.execute(
+                    "SELECT id, expires_at FROM uploads WHERE status = 'active'"
+                )
+                if parse_ts(expires_at) < now
+            ]
+            for upload_id in expired:  # abandoned: nobody resumes it now; parts go below
+                conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             parts: dict[str, set[str]] = {}
             for upload_id, number in conn.execute(
                 "SELECT p.upload_id, p.part_number FROM upload_parts p "

@@ -27,6 +27,7 @@ from atai_magics.api import models as m
 from atai_magics.local import _ids
 from atai_magics.local.store import (
     SCHEMA_VERSION,
+    UPLOAD_TTL,
     FileExists,
     InvalidFileId,
     InvalidRequest,
@@ -687,6 +688,25 @@ def test_recover_after_restart(tmp_path: Path, clock: Clock) -> None:
         assert s.get_input(inp["id"])["status"] == "pending"
         assert s.get_job(done)["status"] == "COMPLETED"
         assert s.recover_after_restart() == []
+
+
+def test_an_upload_abandoned_past_its_expiry_is_removed_when_the_store_opens(
+    tmp_path: Path, clock: Clock
+) -> None:
+    home = tmp_path / "h"
+    with Store(home, clock=clock) as s:
+        old = s.initiate_upload("old.csv", "text/csv", 8, part_size=4)
+        s.record_part(old["upload_id"], 1, [b"ts,a"])
+        clock.advance(UPLOAD_TTL.total_seconds() - 3600)
+        fresh = s.initiate_upload("fresh.csv", "text/csv", 8, part_size=4)
+        s.record_part(fresh["upload_id"], 1, [b"ts,a"])
+        clock.advance(7200)  # the first is past its expiry, the second is not
+    with Store(home, clock=clock) as s:
+        with pytest.raises(UploadNotFound):
+            s.get_upload(old["upload_id"])
+        assert not (s.uploads_dir / old["upload_id"]).exists()
+        assert [p["part_number"] for p in s.get_upload(fresh["upload_id"])["parts"]] == [1]
+        assert (s.uploads_dir / fresh["upload_id"]).is_dir()
 
 
 def test_delete_job(store: Store) -> None:
