@@ -375,9 +375,10 @@ class JournalEntry:
     """One submitted job, as recorded before its card was drawn. No secrets.
 
     A cell writes its entry twice: *pending* (``job_id`` empty) before the create request,
-    then with the id from the answer. A pending entry with no sequel is a create whose
-    answer was lost (the kernel died, the connection broke): the job may exist, and is
-    looked for by name around ``submitted_at`` (``Session.settle``)."""
+    then with the id from the answer, or ``REFUSED`` when the API answered with an error.
+    A pending entry with no sequel is a create whose answer was lost (the kernel died, the
+    connection broke): the job may exist, and is looked for by name around
+    ``submitted_at`` (``Session.settle``)."""
 
     job_id: str
     name: str | None
@@ -392,6 +393,14 @@ class JournalEntry:
     @property
     def pending(self) -> bool:
         return not self.job_id
+
+    @property
+    def refused(self) -> bool:
+        return self.job_id == REFUSED
+
+
+REFUSED = "-"
+"""The job id of an entry whose create the API refused: no job exists."""
 
 
 _ENTRY_FIELDS = fields(JournalEntry)
@@ -512,11 +521,15 @@ class Journal:
 
     def for_notebook(self, notebook: str | None, *, endpoint: str) -> list[JournalEntry]:
         """This notebook's jobs on this endpoint, newest first (all of them if unknown); a
-        pending entry only when no entry with its id followed."""
+        pending entry only when no entry with its id (or its refusal) followed."""
         entries = [
             e
             for e in reversed(self.entries())
             if e.endpoint == endpoint and (notebook is None or e.notebook == notebook)
         ]
         known = {(e.spec_hash, e.submitted_at) for e in entries if not e.pending}
-        return [e for e in entries if not (e.pending and (e.spec_hash, e.submitted_at) in known)]
+        return [
+            e
+            for e in entries
+            if not e.refused and not (e.pending and (e.spec_hash, e.submitted_at) in known)
+        ]

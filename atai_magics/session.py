@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .api.errors import AtaiError, ConfigError, CreateInterrupted, NotFound
+from .api.errors import ApiError, AtaiError, ConfigError, CreateInterrupted, NotFound
 from .config import Settings
 
 if TYPE_CHECKING:  # loaded on first use, so that %load_ext stays cheap
@@ -264,7 +264,7 @@ class Session:
         Returns the exact JSON body for a dry run, else the Job handle. Nothing is sent
         when the cell is invalid: every check happens before the create request.
         """
-        from .jobs import Job, JournalEntry
+        from .jobs import REFUSED, Job, JournalEntry
         from .spec import parse_cell, validate_request
 
         spec = parse_cell(cell, namespace)
@@ -294,6 +294,9 @@ class Session:
                     self.say("\nInterrupted while submitting: no job was created.")
                     raise
                 interrupt, record = exc, exc.job
+            except ApiError:  # answered: no job was made, nothing to look for later
+                self._journal_id(journal, pending, REFUSED)
+                raise
             self._journal_id(journal, pending, record.id)
             job = Job(record, client)
             if interrupt is not None:  # journaled, then cancelled: never a stray live job
@@ -307,9 +310,13 @@ class Session:
     def _journal_id(self, journal: Journal, pending: JournalEntry, job_id: str) -> None:
         """Complete a pending entry; if the journal cannot be written now, the pending entry
         still finds the job, so the cell goes on."""
+        from .jobs import REFUSED
+
         try:
             journal.record(dataclasses.replace(pending, job_id=job_id))
         except OSError as exc:
+            if job_id == REFUSED:  # then a later lookup finds no job: the same end
+                return
             self.say(
                 f"Warning: the journal could not record job {job_id} ({exc}); a re-run of "
                 "this cell finds the job by its name."
@@ -321,7 +328,7 @@ class Session:
         entry = journal.find(endpoint=self.endpoint, spec_hash=spec_hash)
         if entry is not None and entry.pending:
             entry = self.settle(entry, journal)
-        if entry is None:
+        if entry is None or entry.refused:
             return None
         from .jobs import Job
 
@@ -342,13 +349,14 @@ class Session:
             return None
         since, until = sent - SETTLE_BEFORE, sent + SETTLE_AFTER
         page = self.client.list_jobs(q=entry.name, limit=100)
-        made = sorted(
-            (job for job in page.jobs if job.name == entry.name and job.created_at is not None),
-            key=lambda job: job.created_at or since,
-        )
-        found = next((job for job in made if since <= (job.created_at or since) <= until), None)
-        if found is None:
+        made = [
+            job
+            for job in page.jobs
+            if job.name == entry.name and job.created_at and since <= job.created_at <= until
+        ]
+        if not made:
             return None
+        found = min(made, key=lambda job: job.created_at or since)
         self._journal_id(journal or self.journal, entry, found.id)
         return dataclasses.replace(entry, job_id=found.id)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from atai_magics.api import models as m
-from atai_magics.api.errors import AmbiguousCreateError
+from atai_magics.api.errors import AmbiguousCreateError, InvalidRequest
 from atai_magics.jobs import Job
 from atai_magics.magics import AtaiMagics
 from atai_magics.session import JobFailed, OptionsError
@@ -173,6 +173,33 @@ def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
     assert local_backend.handled("create_job") == creates + 1
     assert _jobs_named(client, f"slow-{tag}") == [client.get_job(made.id)]
     shell.user_ns["again"].cancel()
+
+
+def test_a_create_the_api_refused_leaves_nothing_to_look_for(
+    shell: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = shell.user_ns["magics"].session
+    client = session.client
+    tag = uuid.uuid4().hex[:8]
+    client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+
+    def refused(request: Any) -> Any:
+        raise InvalidRequest(400, "the org's quota is used up")
+
+    create_job, list_jobs = client.create_job, client.list_jobs
+    monkeypatch.setattr(client, "create_job", refused)
+    with pytest.raises(InvalidRequest):
+        shell.run_cell_magic("atai_job", "never", _slow_cell(tag))
+    monkeypatch.setattr(client, "create_job", create_job)
+    assert [e.job_id for e in session.journal.entries()] == ["", "-"]  # pending, refused
+    lookups: list[Any] = []
+    monkeypatch.setattr(client, "list_jobs", lambda **query: lookups.append(query))
+    assert session.notebook_jobs(None) == [] and lookups == []  # no job, nothing to look for
+    monkeypatch.setattr(client, "list_jobs", list_jobs)
+    shell.run_cell_magic("atai_job", "made", _slow_cell(tag))  # submitted, not "attached"
+    assert shell.user_ns["made"].status != m.JobStatus.CANCELLED
+    shell.user_ns["made"].cancel()
 
 
 def test_a_journal_that_cannot_be_written_sends_nothing_then_only_warns(
