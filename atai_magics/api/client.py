@@ -283,7 +283,7 @@ class Client(_BaseClient):
                     self._http.build_request(**args), auth=self._auth_for(call), stream=True
                 )
                 try:
-                    if response.status_code >= 400 or call.stream_to is None:
+                    if response.status_code >= 300 or call.stream_to is None:
                         response.read()
                     wait = self._status_delay(call, response, attempt)
                     if wait is None:
@@ -722,7 +722,7 @@ class AsyncClient(_BaseClient):
                     self._http.build_request(**args), auth=self._auth_for(call), stream=True
                 )
                 try:
-                    if response.status_code >= 400 or call.stream_to is None:
+                    if response.status_code >= 300 or call.stream_to is None:
                         await response.aread()
                     wait = self._status_delay(call, response, attempt)
                     if wait is None:

@@ -9,27 +9,32 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atai_magics.api.client import AsyncClient, Client
-from atai_magics.api.errors import AuthError
+from atai_magics.api.errors import AuthError, InvalidResponse
 
 KEY = "sk-log-canary-0123456789abcdef"
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[tuple[str, list[str]]]:
-    """A server answering 401 with the request's Authorization header in a response header;
-    yields its URL and the request lines it received."""
+def echo_server(redirect: str | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A server answering 401 with the request's Authorization header in a response header
+    (or a 307 to ``redirect``); yields its URL and the request lines it received."""
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(self.requestline)
-            self.send_response(401)
-            self.send_header("X-Echo", self.headers.get("Authorization", ""))
+            if redirect:
+                self.send_response(307)
+                self.send_header("Location", redirect)
+            else:
+                self.send_response(401)
+                self.send_header("X-Echo", self.headers.get("Authorization", ""))
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -120,3 +125,18 @@ def test_a_proxy_from_the_environment_never_carries_a_loopback_request(
             client.get_queue()
         assert backend_seen and proxy_seen == []
         assert Client("https://api.example.test", api_key=KEY)._http.trust_env
+
+
+def test_a_redirect_is_never_followed_not_even_by_a_download(tmp_path: Path) -> None:
+    """The contract has no redirects: following one could carry the key to another host."""
+    with echo_server() as (elsewhere, elsewhere_seen):
+        with (
+            echo_server(redirect=elsewhere + "/files") as (url, seen),
+            Client(url, api_key=KEY, max_retries=0) as client,
+        ):
+            with pytest.raises(InvalidResponse, match="307"):
+                client.download_file("data.csv", tmp_path / "data.csv")
+            with pytest.raises(InvalidResponse, match="307"):
+                client.get_files_info()
+        assert len(seen) == 2 and elsewhere_seen == []
+    assert list(tmp_path.iterdir()) == []
