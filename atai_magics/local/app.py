@@ -99,6 +99,9 @@ URL_TTL_SECONDS = 3600.0
 """How long signed URLs stay valid."""
 UPLOAD_THREADS = 8
 """Threads that stream upload bodies; more concurrent uploads wait for one (not a 503)."""
+BODY_IDLE_SECONDS = 60.0
+"""An upload body that sends nothing for this long is dropped (408): it holds one of the
+UPLOAD_THREADS while it streams, and a few stalled clients would hold them all."""
 REQUESTS_PATH = "/_local/requests"
 """Counts of requests that reached each handler (see the module docstring)."""
 MAX_INT_PARAM = 2**63
@@ -134,6 +137,10 @@ class ApiFailure(Exception):
 
 class _TooLarge(Exception):
     """A streamed body went over its limit."""
+
+
+class _Stalled(Exception):
+    """A streamed body sent nothing for BODY_IDLE_SECONDS."""
 
 
 def error_response(
@@ -201,9 +208,12 @@ def _sync_chunks(request: Request) -> Iterator[bytes]:
 
     async def next_chunk() -> bytes | None:
         try:
-            return await stream.__anext__()
+            with anyio.fail_after(BODY_IDLE_SECONDS):
+                return await stream.__anext__()
         except StopAsyncIteration:
             return None
+        except TimeoutError:
+            raise _Stalled from None
 
     while (chunk := anyio.from_thread.run(next_chunk)) is not None:
         if chunk:
@@ -501,6 +511,9 @@ class _Backend:
                 return error_response(413, "payload_too_large", "Request body is too large")
             except ClientDisconnect:  # the client hung up mid-body: nobody reads an answer
                 return Response(status_code=400)
+            except _Stalled:
+                message = f"The request body sent nothing for {BODY_IDLE_SECONDS:g} s"
+                return error_response(408, "request_timeout", message)
             except Exception:
                 _log.exception("Unhandled error on %s %s", request.method, request.url.path)
                 return error_response(500, "internal_error", "Internal server error")

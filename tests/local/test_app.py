@@ -23,6 +23,7 @@ import uvicorn
 from atai_magics import Client
 from atai_magics.api import models as m
 from atai_magics.api.errors import ApiError
+from atai_magics.local import app as app_module
 from atai_magics.local._ids import is_id
 from atai_magics.local.app import create_app
 from atai_magics.local.store import Store
@@ -600,3 +601,25 @@ def test_stalled_uploads_leave_threads_for_other_routes(backend: Backend) -> Non
             sock.close()
     with backend.client() as client:  # the limiter's threads come back once the clients go
         assert client.upload_bytes(b"after", "after.txt").file_id == "after.txt"
+
+
+def test_an_upload_body_that_goes_quiet_is_dropped_and_frees_its_thread(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More stalled uploads than there are upload threads (8): each is answered 408 once it
+    has sent nothing for BODY_IDLE_SECONDS, and the next upload goes through."""
+    monkeypatch.setattr(app_module, "BODY_IDLE_SECONDS", 0.5)
+    sockets = [_stalled_upload(backend.url) for _ in range(app_module.UPLOAD_THREADS + 2)]
+    try:
+        for sock in sockets:
+            answer = b""
+            while b"request_timeout" not in answer and (chunk := sock.recv(4096)):
+                answer += chunk  # the head and the body may come apart
+            assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
+    finally:
+        for sock in sockets:
+            sock.close()
+    with backend.client() as client:
+        assert client.upload_bytes(b"after", "after.txt").file_id == "after.txt"
+    leftovers = [p for p in backend.store.files_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
