@@ -729,16 +729,20 @@ class Scheduler:
         if crashed:
             code = crashed[0] if crashed[0] > 0 else 128 - crashed[0]
 
+            reported: list[bool] = []  # once, however often the end is written
+
             def crashed_out() -> None:
                 self._fail_processing_inputs(job.job_id, BACKOFF_MESSAGE)
                 with contextlib.suppress(StateConflict, NotFound):
-                    self._report_crash(job)
-                    self.store.add_event(
-                        job.job_id,
-                        "ERROR",
-                        "pod.terminated",
-                        f"Container worker terminated: exit={code}",
-                    )
+                    if not reported:
+                        self._report_crash(job)
+                        self.store.add_event(
+                            job.job_id,
+                            "ERROR",
+                            "pod.terminated",
+                            f"Container worker terminated: exit={code}",
+                        )
+                        reported.append(True)
                     self._fail(job.job_id, BACKOFF_MESSAGE, "BackoffLimitExceeded")
 
             self._end(job, crashed_out)

@@ -317,6 +317,18 @@ def test_a_failed_write_of_a_jobs_end_is_tried_again(
     assert wait_status(store, after, "COMPLETED", "FAILED")["status"] == "COMPLETED"
 
 
+def test_a_crash_whose_end_is_written_twice_is_reported_once(
+    make_scheduler: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, scheduler = make_scheduler(crash=lambda: True)
+    failed = _failing_once(monkeypatch, store, "transition", lambda _, to: to == "FAILED")
+    job_id = msc_job(store, scheduler, ["run1.csv"])
+    job = wait_status(store, job_id, "FAILED")
+    assert failed == [job_id] and job["error"]["type"] == "BackoffLimitExceeded"
+    crashes = [m for m in messages(store, job_id, "ERROR") if m.startswith("Container worker")]
+    assert crashes == ["Container worker terminated: exit=137"]
+
+
 def test_a_job_whose_launch_failed_is_failed_not_left_admitted(
     make_scheduler: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
