@@ -142,16 +142,22 @@ config:
 """
 
 
+def _slow_setup(shell: Any) -> tuple[Any, Any, str]:
+    """The session, its client and a fresh tag whose slow-test input is uploaded; cells do
+    not wait."""
+    session = shell.user_ns["magics"].session
+    tag = uuid.uuid4().hex[:8]
+    session.client.upload_bytes(b"x", f"slow-{tag}.txt")
+    shell.run_line_magic("atai_config", "wait=never")
+    return session, session.client, tag
+
+
 def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
     shell: Any, capsys: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The POST reached the backend, but its answer never reached the journal (the kernel
     died, the connection broke): the pending entry written before it finds the job."""
-    session = shell.user_ns["magics"].session
-    client = session.client
-    tag = uuid.uuid4().hex[:8]
-    client.upload_bytes(b"x", f"slow-{tag}.txt")
-    shell.run_line_magic("atai_config", "wait=never")
+    session, client, tag = _slow_setup(shell)
     create_job = client.create_job
 
     def answer_lost(request: Any) -> Any:
@@ -178,11 +184,7 @@ def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
 def test_a_create_the_api_refused_leaves_nothing_to_look_for(
     shell: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = shell.user_ns["magics"].session
-    client = session.client
-    tag = uuid.uuid4().hex[:8]
-    client.upload_bytes(b"x", f"slow-{tag}.txt")
-    shell.run_line_magic("atai_config", "wait=never")
+    session, client, tag = _slow_setup(shell)
 
     def refused(request: Any) -> Any:
         raise InvalidRequest(400, "the org's quota is used up")
@@ -205,11 +207,7 @@ def test_a_create_the_api_refused_leaves_nothing_to_look_for(
 def test_a_journal_that_cannot_be_written_sends_nothing_then_only_warns(
     shell: Any, capsys: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = shell.user_ns["magics"].session
-    client = session.client
-    tag = uuid.uuid4().hex[:8]
-    client.upload_bytes(b"x", f"slow-{tag}.txt")
-    shell.run_line_magic("atai_config", "wait=never")
+    session, _, tag = _slow_setup(shell)
     journal = session.journal
     record = journal.record
     writes: list[str] = []
