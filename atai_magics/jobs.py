@@ -403,6 +403,9 @@ REFUSED = "-"
 """The job id of an entry whose create the API refused: no job exists."""
 
 
+HEAD_BYTES = 1024
+"""At most this much of the journal's first line identifies the file (with its inode): the
+line holds its entry's ``submitted_at`` to the microsecond."""
 _ENTRY_FIELDS = fields(JournalEntry)
 _ENTRY_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True)
 
@@ -422,7 +425,9 @@ class Journal:
         """(endpoint, spec hash) -> the newest entry, for `find`."""
         self._offset = 0
         self._inode: int | None = None
-        """The file read so far: another one in its place (removed, replaced) is read anew."""
+        self._head = b""
+        """The file read so far, by inode and first bytes (a filesystem may give a new file a
+        freed inode): another one in its place (removed, replaced) is read anew."""
         self._fsync: threading.Timer | None = None
 
     def record(self, entry: JournalEntry) -> None:
@@ -458,6 +463,7 @@ class Journal:
             if known:
                 if not size:  # a new file: what was read before belonged to another
                     self._entries, self._latest, self._inode = [], {}, stat.st_ino
+                    self._head = _first_line(line)
                 self._offset += len(line)
                 self._take(entry)
             if self._fsync is None:
@@ -486,11 +492,17 @@ class Journal:
                 return True  # nothing new: a stat is cheaper than opening the file
             with self.path.open("rb", buffering=0) as file:
                 stat = os.fstat(file.fileno())
-                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                if (
+                    stat.st_ino != self._inode
+                    or stat.st_size < self._offset
+                    or os.pread(file.fileno(), len(self._head), 0) != self._head
+                ):
                     self._entries, self._latest, self._offset = [], {}, 0
-                    self._inode = stat.st_ino
+                    self._inode, self._head = stat.st_ino, b""
                 file.seek(self._offset)
                 tail = file.readall()
+                if not self._head.endswith(b"\n") and len(self._head) < HEAD_BYTES:
+                    self._head = _first_line(os.pread(file.fileno(), HEAD_BYTES, 0))
         except FileNotFoundError:
             return False
         complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written waits
@@ -533,3 +545,9 @@ class Journal:
             for e in entries
             if not e.refused and not (e.pending and (e.spec_hash, e.submitted_at) in known)
         ]
+
+
+def _first_line(data: bytes) -> bytes:
+    """``data`` up to its first newline (included), at most HEAD_BYTES."""
+    end = data.find(b"\n", 0, HEAD_BYTES)
+    return data[: end + 1] if end >= 0 else data[:HEAD_BYTES]

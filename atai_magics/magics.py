@@ -172,7 +172,8 @@ class AtaiMagics(Magics):
                 if not entries:
                     print("No jobs in the journal for this notebook.")
                 for entry in entries:
-                    print(f"{entry.submitted_at}  {entry.job_id}  {entry.name}")
+                    job_id = entry.job_id or "(unconfirmed: its create's answer was lost)"
+                    print(f"{entry.submitted_at}  {job_id}  {entry.name}")
                 return None
             job = self.session.attach(rest[0])
             if len(rest) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import shlex
 import sys
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .api.errors import ApiError, AtaiError, ConfigError, CreateInterrupted, NotFound
@@ -42,6 +43,8 @@ Print = Callable[[str], None]
 SETTLE_BEFORE, SETTLE_AFTER = timedelta(minutes=2), timedelta(minutes=10)
 """Around a pending entry's time, where its job's ``created_at`` may fall: clock skew before,
 the create's timeout and retries after."""
+SETTLE_SCAN = 500
+"""Jobs of the entry's name looked at when settling it."""
 CONNECTION_SETTINGS = frozenset(
     {"endpoint", "api_key_env", "local_home", "local_concurrency", "max_retries"}
 )
@@ -294,8 +297,10 @@ class Session:
                     self.say("\nInterrupted while submitting: no job was created.")
                     raise
                 interrupt, record = exc, exc.job
-            except ApiError:  # answered: no job was made, nothing to look for later
-                self._journal_id(journal, pending, REFUSED)
+            except ApiError as exc:
+                if exc.method == "POST" and 400 <= exc.status_code < 500:
+                    # the create itself was refused: no job, nothing to look for later
+                    self._journal_id(journal, pending, REFUSED)
                 raise
             self._journal_id(journal, pending, record.id)
             job = Job(record, client)
@@ -339,8 +344,12 @@ class Session:
         return None if job.done else job
 
     def settle(self, entry: JournalEntry, journal: Journal | None = None) -> JournalEntry | None:
-        """A pending entry's job, looked for by name among the jobs created around its
-        ``submitted_at`` (and then journaled); None when the create made none."""
+        """A pending entry's job: the earliest job of its name created around its
+        ``submitted_at`` that no other entry of the journal names (and then journaled); None
+        when there is none, journaled as such once no such job can still appear."""
+        from .jobs import REFUSED
+
+        journal = journal or self.journal
         if not entry.name:
             return None
         try:  # written by format_timestamp: RFC 3339 with a Z
@@ -348,16 +357,21 @@ class Session:
         except ValueError:
             return None
         since, until = sent - SETTLE_BEFORE, sent + SETTLE_AFTER
-        page = self.client.list_jobs(q=entry.name, limit=100)
+        journaled = {e.job_id for e in journal.entries()}
         made = [
             job
-            for job in page.jobs
-            if job.name == entry.name and job.created_at and since <= job.created_at <= until
+            for job in itertools.islice(self.client.iter_jobs(q=entry.name), SETTLE_SCAN)
+            if job.name == entry.name
+            and job.id not in journaled
+            and job.created_at
+            and since <= job.created_at <= until
         ]
         if not made:
+            if datetime.now(timezone.utc) > until:
+                self._journal_id(journal, entry, REFUSED)
             return None
         found = min(made, key=lambda job: job.created_at or since)
-        self._journal_id(journal or self.journal, entry, found.id)
+        self._journal_id(journal, entry, found.id)
         return dataclasses.replace(entry, job_id=found.id)
 
     def _note(self, options: CellOptions, text: str) -> None:
@@ -424,8 +438,15 @@ class Session:
         """This notebook's journaled jobs, newest first; a pending entry (a create whose
         answer was lost) is settled first, and left out when it made no job."""
         entries = self.journal.for_notebook(notebook, endpoint=self.endpoint)
-        settled = (self.settle(e) if e.pending else e for e in entries)
+        settled = (self._settled_or_kept(e) if e.pending else e for e in entries)
         return [e for e in settled if e is not None]
+
+    def _settled_or_kept(self, entry: JournalEntry) -> JournalEntry | None:
+        """For a listing: a lookup that fails keeps the pending entry (shown unconfirmed)."""
+        try:
+            return self.settle(entry)
+        except AtaiError:
+            return entry
 
 
 def _progress_line(job: Job) -> str:

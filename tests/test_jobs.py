@@ -244,3 +244,21 @@ def test_a_short_write_on_a_full_disk_raises_and_tears_nothing_later(
     journal.record(_entry("job_3"))
     assert [e.job_id for e in Journal(journal.path).entries()] == ["job_1", "job_3"]
     assert [e.job_id for e in journal.entries()] == ["job_1", "job_3"]
+
+
+def test_a_journal_rewritten_under_the_same_inode_is_read_afresh(tmp_path: Path) -> None:
+    """A filesystem may give a new journal the inode of the one removed before it: the first
+    bytes tell them apart (here the file is rewritten in place, which keeps its inode)."""
+    journal = Journal(tmp_path / "journal.jsonl")
+    for n in range(3):
+        journal.record(_entry(f"job_old{n}"))
+    assert len(journal.entries()) == 3
+    other = Journal(tmp_path / "other.jsonl")
+    for n in range(5):
+        other.record(_entry(f"job_new{n}"))
+    inode = journal.path.stat().st_ino
+    with journal.path.open("r+b") as file:
+        file.write(other.path.read_bytes())
+        file.truncate()
+    assert journal.path.stat().st_ino == inode
+    assert [e.job_id for e in journal.entries()] == [f"job_new{n}" for n in range(5)]

@@ -7,11 +7,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atai_magics import session as session_module
 from atai_magics.api import models as m
 from atai_magics.api.errors import AmbiguousCreateError, InvalidRequest
 from atai_magics.jobs import Job
@@ -158,6 +160,9 @@ def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
     """The POST reached the backend, but its answer never reached the journal (the kernel
     died, the connection broke): the pending entry written before it finds the job."""
     session, client, tag = _slow_setup(shell)
+    shell.run_cell_magic("atai_job", "earlier", _slow_cell(tag))  # the same cell, run before
+    earlier = shell.user_ns["earlier"]
+    earlier.cancel()  # ended: the next run submits again
     create_job = client.create_job
 
     def answer_lost(request: Any) -> Any:
@@ -169,15 +174,17 @@ def test_a_create_whose_answer_was_lost_is_found_by_the_rerun_not_made_twice(
     with pytest.raises(AmbiguousCreateError):
         shell.run_cell_magic("atai_job", "lost", _slow_cell(tag))
     monkeypatch.setattr(client, "create_job", create_job)
-    [made] = _jobs_named(client, f"slow-{tag}")
-    assert [e.job_id for e in session.journal.entries()] == [""]  # pending: no id came back
-    assert [e.job_id for e in session.notebook_jobs(None)] == [made.id]  # settled by name
+    [made] = [j for j in _jobs_named(client, f"slow-{tag}") if j.id != earlier.id]
+    ids = [e.job_id for e in session.journal.entries()]
+    assert ids == ["", earlier.id, ""]  # the last is pending: no id came back
+    listed = [e.job_id for e in session.notebook_jobs(None)]
+    assert listed == [made.id, earlier.id]  # settled by name, never to the earlier job
 
     shell.run_cell_magic("atai_job", "again", _slow_cell(tag))
     assert shell.user_ns["again"].id == made.id
     assert f"Attached to live job {made.id}" in capsys.readouterr().out
     assert local_backend.handled("create_job") == creates + 1
-    assert _jobs_named(client, f"slow-{tag}") == [client.get_job(made.id)]
+    assert len(_jobs_named(client, f"slow-{tag}")) == 2
     shell.user_ns["again"].cancel()
 
 
@@ -185,20 +192,32 @@ def test_a_create_the_api_refused_leaves_nothing_to_look_for(
     shell: Any, local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session, client, tag = _slow_setup(shell)
+    create_job, iter_jobs = client.create_job, client.iter_jobs
 
-    def refused(request: Any) -> Any:
-        raise InvalidRequest(400, "the org's quota is used up")
+    def refused(method: str) -> Any:
+        def create(request: Any) -> Any:
+            raise InvalidRequest(400, "the org's quota is used up", method=method, url="/x")
 
-    create_job, list_jobs = client.create_job, client.list_jobs
-    monkeypatch.setattr(client, "create_job", refused)
+        return create
+
+    monkeypatch.setattr(client, "create_job", refused("POST"))  # the create itself: no job
     with pytest.raises(InvalidRequest):
         shell.run_cell_magic("atai_job", "never", _slow_cell(tag))
-    monkeypatch.setattr(client, "create_job", create_job)
     assert [e.job_id for e in session.journal.entries()] == ["", "-"]  # pending, refused
+    monkeypatch.setattr(client, "create_job", refused("GET"))  # a lookup after an ambiguous
+    with pytest.raises(InvalidRequest):  # create: the job may exist, the entry stays pending
+        shell.run_cell_magic("atai_job", "unknown", _slow_cell(tag))
+    assert [e.job_id for e in session.journal.entries()] == ["", "-", ""]
+    monkeypatch.setattr(client, "create_job", create_job)
+
     lookups: list[Any] = []
-    monkeypatch.setattr(client, "list_jobs", lambda **query: lookups.append(query))
-    assert session.notebook_jobs(None) == [] and lookups == []  # no job, nothing to look for
-    monkeypatch.setattr(client, "list_jobs", list_jobs)
+    monkeypatch.setattr(client, "iter_jobs", lambda **query: lookups.append(query) or iter(()))
+    assert session.notebook_jobs(None) == [] and len(lookups) == 1  # only the pending one
+    monkeypatch.setattr(session_module, "SETTLE_AFTER", timedelta(seconds=-1))
+    assert session.notebook_jobs(None) == []  # its window has passed: journaled as no job
+    assert [e.job_id for e in session.journal.entries()][-1] == "-"
+    assert session.notebook_jobs(None) == [] and len(lookups) == 2  # nothing left to look for
+    monkeypatch.setattr(client, "iter_jobs", iter_jobs)
     shell.run_cell_magic("atai_job", "made", _slow_cell(tag))  # submitted, not "attached"
     assert shell.user_ns["made"].status != m.JobStatus.CANCELLED
     shell.user_ns["made"].cancel()

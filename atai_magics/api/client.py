@@ -71,10 +71,15 @@ class _BaseClient:
         self._urls: dict[str, httpx.URL] = {}
 
     @property
-    def _trust_env(self) -> bool:
-        """Proxy settings (``HTTP_PROXY``...) only for a remote API: a proxy would carry a
-        loopback backend's plain-HTTP requests, key included, off this machine."""
-        return not is_loopback(httpx.URL(self.base_url).host)
+    def _direct(self) -> dict[str, None] | None:
+        """Mounts that keep a loopback API off any proxy of the environment (``HTTP_PROXY``):
+        a proxy would carry its plain-HTTP requests, key included, off this machine. The rest
+        of the environment (``SSL_CERT_FILE``...) still applies, and a remote API keeps its
+        proxy."""
+        host = httpx.URL(self.base_url).host
+        if not is_loopback(host):
+            return None
+        return {f"all://[{host}]" if ":" in host else f"all://{host}": None}  # IPv6 bracketed
 
     def __repr__(self) -> str:
         source = "given" if self._key_given else f"from {KEY_ENV}"
@@ -211,7 +216,7 @@ class Client(_BaseClient):
             base_url=self.base_url,
             timeout=self.timeout,
             transport=transport,
-            trust_env=self._trust_env,
+            mounts=self._direct,
             headers={"User-Agent": f"atai-magics/{__version__}"},
         )
 
@@ -665,7 +670,7 @@ class AsyncClient(_BaseClient):
             base_url=self.base_url,
             timeout=self.timeout,
             transport=transport,
-            trust_env=self._trust_env,
+            mounts=self._direct,
             headers={"User-Agent": f"atai-magics/{__version__}"},
         )
 

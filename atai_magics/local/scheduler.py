@@ -545,7 +545,10 @@ class Scheduler:
                 self._supervise()
                 if not self._stopping.is_set():
                     self._admit()
-                if time.monotonic() - reconciled >= RECONCILE_SECONDS:
+                if (
+                    not self._stopping.is_set()
+                    and time.monotonic() - reconciled >= RECONCILE_SECONDS
+                ):
                     reconciled = time.monotonic()
                     self._reconcile()
             except Exception:  # keep scheduling; a store hiccup must not end the backend
@@ -572,6 +575,8 @@ class Scheduler:
             with self._lock:
                 orphans = [j["id"] for j in page["jobs"] if j["id"] not in self._jobs]
             for job_id in orphans:
+                if self._stopping.is_set():  # stop() forgets every job: they are not orphans
+                    return
                 _log.warning("job %s was %s with no workers: failing it", job_id, status)
                 self._fail(job_id, "The local scheduler lost this job's workers", "SchedulerError")
 

@@ -308,8 +308,9 @@ def _answering(home: Path, wait: float) -> ServerInfo | None:
         if running is not None:
             return running
         data = _read_server_file(home)
-        if data is None or not _pid_alive(data["pid"]) or not _is_our_server(data["pid"], data):
-            return None
+        if data is None or not _serving(home).locked():
+            return None  # nothing serves this home: server.json is a dead server's (its pid
+            # may be another process's by now, which only the lock can tell on every system)
         if time.monotonic() >= deadline:
             raise LocalServerError(
                 f"the local backend of {home} (pid {data['pid']}) is running but does not "
@@ -489,7 +490,7 @@ def _stop_locked(home: Path, timeout: float) -> int | None:
         return None
     pid: int = data["pid"]
     stopped = None
-    if _pid_alive(pid) and _is_our_server(pid, data):
+    if _pid_alive(pid) and _serving(home).locked() and _is_our_server(pid, data):
         _terminate(pid, timeout)
         stopped = pid
     (home / SERVER_FILE).unlink(missing_ok=True)
@@ -602,14 +603,16 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def _serving(home: Path) -> Iterator[None]:
-    """Hold ``serving.lock`` while serving, or refuse: another server of this home lives.
+class _serving:  # noqa: N801 - used as a context manager, like a function
+    """``serving.lock``, held by the serving process for its whole life: one server, and one
+    scheduler, per home. A POSIX record lock (``lockf``) belongs to one process alone:
+    workers never inherit it, and it is gone the moment the process dies, kill -9 included,
+    so it also tells whether anything serves the home, on every system."""
 
-    A POSIX record lock (``lockf``) belongs to this process alone: worker processes never
-    inherit it, and it is gone the moment the process dies, kill -9 included."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (home / SERVING_LOCK_FILE).open("a+b") as f:
+    def __init__(self, home: Path) -> None:
+        self.path = home / SERVING_LOCK_FILE
+
+    def _try(self, f: Any) -> bool:
         try:
             if sys.platform == "win32":
                 import msvcrt
@@ -621,12 +624,30 @@ def _serving(home: Path) -> Iterator[None]:
 
                 fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            data = _read_server_file(home) or {}
+            return False
+        return True
+
+    def locked(self) -> bool:
+        """Whether a server holds it now (taking it for an instant tells). Never ask from the
+        serving process: closing another handle of the file would drop its own lock."""
+        if not self.path.exists():
+            return False
+        with self.path.open("a+b") as f:  # closing it releases what we took
+            return not self._try(f)
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file = self.path.open("a+b")
+        if not self._try(self._file):
+            self._file.close()
+            data = _read_server_file(self.path.parent) or {}
             raise LocalServerError(
-                f"another local backend (pid {data.get('pid', '?')}) serves {home}; "
-                "not starting a second one on the same state"
-            ) from None
-        yield
+                f"another local backend (pid {data.get('pid', '?')}) serves "
+                f"{self.path.parent}; not starting a second one on the same state"
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
 
 
 def run(home: Path, port: int, concurrency: int, faults: FaultSpec) -> None:

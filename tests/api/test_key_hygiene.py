@@ -124,7 +124,10 @@ def test_a_proxy_from_the_environment_never_carries_a_loopback_request(
         with Client(backend_url, api_key=KEY, max_retries=0) as client, pytest.raises(AuthError):
             client.get_queue()
         assert backend_seen and proxy_seen == []
-        assert Client("https://api.example.test", api_key=KEY)._http.trust_env
+        remote = Client("https://api.example.test", api_key=KEY)
+        assert remote._http._transport_for_url(remote._http.base_url) is not remote._http._transport
+        local = Client(backend_url, api_key=KEY)
+        assert local._http.trust_env  # SSL_CERT_FILE and the like still apply
 
 
 def test_a_redirect_is_never_followed_not_even_by_a_download(tmp_path: Path) -> None:

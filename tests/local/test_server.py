@@ -163,6 +163,25 @@ def test_a_silent_server_is_waited_for_never_replaced(home: Path) -> None:
     assert again.reused and again.pid == info.pid
 
 
+def test_a_dead_servers_record_naming_a_live_stranger_is_replaced_not_killed(
+    home: Path,
+) -> None:
+    """server.json of a server killed long ago, its pid now another process's: nothing holds
+    serving.lock, so a new server starts at once, and stop never signals the stranger."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        home.mkdir(parents=True)
+        record = {"pid": stranger.pid, "port": 9, "url": "http://127.0.0.1:9/v0.5"}
+        (home / "server.json").write_text(json.dumps(record))
+        assert server.stop(home) is None and stranger.poll() is None
+        (home / "server.json").write_text(json.dumps(record))
+        info = server.start(home, wait=30)
+        assert not info.reused and info.pid != stranger.pid and stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_a_second_server_process_refuses_a_served_home(home: Path) -> None:
     info = server.start(home)
     command = [sys.executable, "-m", "atai_magics.local.server", "run", "--home", str(home)]
