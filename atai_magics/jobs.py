@@ -455,15 +455,14 @@ class Journal:
                 # Nothing unread before it and nothing after it: the next read needs no I/O.
                 known = (
                     size == self._offset
-                    and stat.st_ino == (self._inode if size else stat.st_ino)
+                    and (not size or stat.st_ino == self._inode)
                     and os.fstat(fd).st_size == size + len(line)
                 )
             finally:
                 os.close(fd)
             if known:
                 if not size:  # a new file: what was read before belonged to another
-                    self._entries, self._latest, self._inode = [], {}, stat.st_ino
-                    self._head = _first_line(line)
+                    self._new_file(stat.st_ino, _first_line(line))
                 self._offset += len(line)
                 self._take(entry)
             if self._fsync is None:
@@ -497,8 +496,7 @@ class Journal:
                     or stat.st_size < self._offset
                     or os.pread(file.fileno(), len(self._head), 0) != self._head
                 ):
-                    self._entries, self._latest, self._offset = [], {}, 0
-                    self._inode, self._head = stat.st_ino, b""
+                    self._new_file(stat.st_ino, b"")
                 file.seek(self._offset)
                 tail = file.readall()
                 if not self._head.endswith(b"\n") and len(self._head) < HEAD_BYTES:
@@ -514,6 +512,11 @@ class Journal:
                 continue
             self._take(entry)
         return True
+
+    def _new_file(self, inode: int, head: bytes) -> None:
+        """Forget what was read: the journal is another file now."""
+        self._entries, self._latest, self._offset = [], {}, 0
+        self._inode, self._head = inode, head
 
     def _take(self, entry: JournalEntry) -> None:
         self._entries.append(entry)
